@@ -1,0 +1,55 @@
+"""fnas: differentiable neural architecture search for TinyML on a pure-functional PyTorch core."""
+
+from fnas import hypergrad, primitives, tree
+from fnas.config import SearchConfig, SpaceConfig
+from fnas.genotypes import (
+    MY_CUSTOM_GENOTYPE,
+    PRIMITIVES_CNN,
+    Genotype_CNN,
+    derive_genotype,
+    load_genotype,
+    save_genotype,
+    validate_genotype,
+)
+from fnas.model import NetworkCnn
+from fnas.search import (
+    SearchResult,
+    SearchState,
+    arch_step,
+    init_search,
+    run_search,
+    search_step,
+    supernet_loss,
+    weight_step,
+)
+from fnas.supernet import apply_supernet, init_supernet
+from fnas.train_cnn_search import search_and_get_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Genotype_CNN",
+    "MY_CUSTOM_GENOTYPE",
+    "NetworkCnn",
+    "PRIMITIVES_CNN",
+    "SearchConfig",
+    "SearchResult",
+    "SearchState",
+    "SpaceConfig",
+    "apply_supernet",
+    "arch_step",
+    "derive_genotype",
+    "hypergrad",
+    "init_search",
+    "init_supernet",
+    "load_genotype",
+    "primitives",
+    "run_search",
+    "save_genotype",
+    "search_and_get_model",
+    "search_step",
+    "supernet_loss",
+    "tree",
+    "validate_genotype",
+    "weight_step",
+]

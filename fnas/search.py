@@ -1,0 +1,349 @@
+"""The search: ``SearchState``, ``init_search``, the pure ``search_step``, and the loop around it.
+
+``search_step(state, train_batch, valid_batch, *, cfg) -> (state, metrics)`` first updates the
+alphas on the validation batch (Adam, with the configured architecture gradient), then the weights
+on the training batch (SGD with momentum, weight decay, clipping, cosine lr), as DARTS does. It
+never mutates its inputs and returns 0-d tensors as metrics, so it can be jitted, vmapped and
+dropped into any loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from fnas import hypergrad, tree
+from fnas.config import SearchConfig
+from fnas.optim import AdamState, SGDState, adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init
+from fnas.optim import sgd_update
+from fnas.supernet import apply_supernet, init_supernet
+
+Tensor = torch.Tensor
+Batch = tuple[Tensor, Tensor]
+
+
+class SearchState(NamedTuple):
+    """Everything a search carries from one step to the next."""
+
+    weights: dict
+    alphas: dict
+    stats: dict
+    w_opt: SGDState
+    a_opt: AdamState
+    step: Tensor  # 0-d int64: a Python int would recompile a compiled step
+
+
+def state_to_dict(state: SearchState) -> dict:
+    """Plain nested dicts of tensors (loadable with ``torch.load(weights_only=True)``)."""
+    return {
+        "weights": state.weights,
+        "alphas": state.alphas,
+        "stats": state.stats,
+        "w_opt": {"momentum": state.w_opt.momentum},
+        "a_opt": {"mu": state.a_opt.mu, "nu": state.a_opt.nu, "count": state.a_opt.count},
+        "step": state.step,
+    }
+
+
+def state_from_dict(data: dict) -> SearchState:
+    """Inverse of :func:`state_to_dict`.
+
+    Raises:
+        ValueError: keys are missing (not a search state).
+    """
+    try:
+        return SearchState(
+            data["weights"],
+            data["alphas"],
+            data["stats"],
+            SGDState(data["w_opt"]["momentum"]),
+            AdamState(data["a_opt"]["mu"], data["a_opt"]["nu"], data["a_opt"]["count"]),
+            data["step"],
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"Not an fnas search state (missing {err}); was it written by fnas search?") from err
+
+
+def init_search(cfg: SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32) -> SearchState:
+    """A fresh search state: supernet init from ``gen``, zero optimiser states, step 0."""
+    weights, alphas, stats = init_supernet(cfg, gen, dtype=dtype)
+    return SearchState(weights, alphas, stats, sgd_init(weights), adam_init(alphas), torch.zeros((), dtype=torch.int64))
+
+
+def supernet_loss(weights: dict, alphas: dict, stats: dict, batch: Batch, *, cfg: SearchConfig, train: bool = True):
+    """Cross-entropy of the supernet on ``batch``.
+
+    Returns:
+        ``(loss, (new_stats, correct))`` where ``correct`` counts right top-1 predictions.
+    """
+    x, y = batch
+    logits, new_stats = apply_supernet(weights, alphas, stats, x, cfg=cfg, train=train)
+    loss = F.cross_entropy(logits, y)
+    correct = (logits.argmax(-1) == y).sum()
+    return loss, (new_stats, correct)
+
+
+def current_lr(step: Tensor, cfg: SearchConfig) -> Tensor:
+    """The weight learning rate at ``step`` (cosine annealing over ``cfg.total_steps``)."""
+    return cosine_lr(step, lr=cfg.lr, lr_min=cfg.lr_min, total_steps=cfg.total_steps)
+
+
+def _first(train_batch: Any) -> Batch:
+    return train_batch[0] if isinstance(train_batch, list) else train_batch
+
+
+def arch_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg: SearchConfig):
+    """Update the alphas only; returns ``(state, metrics)``.
+
+    ``train_batch`` is one batch or, for ``unroll_steps = K > 1``, a list of K batches.
+    """
+    lr = current_lr(state.step, cfg)
+
+    def loss_fn(w, a, batch):
+        return supernet_loss(w, a, state.stats, batch, cfg=cfg)
+
+    method = hypergrad.get(cfg.hypergrad)
+    g_alpha, (val_loss, (_, val_correct)) = method(
+        loss_fn,
+        state.weights,
+        state.alphas,
+        state.w_opt.momentum,
+        train_batch,
+        valid_batch,
+        xi=lr,
+        momentum_coef=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        unroll_steps=cfg.unroll_steps,
+    )
+    alphas, a_opt = adam_update(
+        g_alpha, state.a_opt, state.alphas, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
+    )
+    metrics = {
+        "valid_loss": val_loss.detach(),
+        "valid_acc": val_correct / valid_batch[1].shape[0],
+        "alpha_grad_norm": tree.norm(g_alpha),
+    }
+    return state._replace(alphas=alphas, a_opt=a_opt), metrics
+
+
+def weight_step(state: SearchState, train_batch: Any, *, cfg: SearchConfig):
+    """Update the weights (and BN statistics) only; returns ``(state, metrics)``."""
+    batch = _first(train_batch)
+    lr = current_lr(state.step, cfg)
+    g, (loss, (stats, correct)) = torch.func.grad(
+        lambda w: _aux(supernet_loss(w, state.alphas, state.stats, batch, cfg=cfg)), has_aux=True
+    )(state.weights)
+    g, grad_norm = clip_by_global_norm(g, cfg.grad_clip)
+    weights, w_opt = sgd_update(
+        g, state.w_opt, state.weights, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    metrics = {
+        "train_loss": loss.detach(),
+        "train_acc": correct / batch[1].shape[0],
+        "lr": lr,
+        "grad_norm": grad_norm,
+    }
+    return state._replace(weights=weights, stats=stats, w_opt=w_opt, step=state.step + 1), metrics
+
+
+def _aux(result):
+    loss, aux = result
+    return loss, (loss, aux)
+
+
+def search_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg: SearchConfig):
+    """One DARTS step: alphas on ``valid_batch``, then weights on ``train_batch``.
+
+    Args:
+        state: the current :class:`SearchState` (not modified).
+        train_batch: ``(x, y)``; for ``cfg.unroll_steps = K > 1`` optionally a list of K batches
+            (the first is also the real weight step's batch).
+        valid_batch: ``(x, y)``.
+        cfg: the static :class:`SearchConfig`.
+
+    Returns:
+        ``(new_state, metrics)``; metrics are 0-d tensors: train/valid loss and accuracy, lr,
+        weight-gradient norm before clipping, alpha-gradient norm.
+    """
+    state, arch_metrics = arch_step(state, train_batch, valid_batch, cfg=cfg)
+    state, w_metrics = weight_step(state, train_batch, cfg=cfg)
+    return state, {**w_metrics, **arch_metrics}
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+class SearchResult(NamedTuple):
+    """What a finished search hands back."""
+
+    genotype: Any  # Genotype_CNN
+    alpha_history: list  # per epoch: {"normal": probs, "reduce": probs} (softmax of the alphas)
+    history: list  # per epoch: averaged metrics and the genotype of that epoch
+    state: SearchState
+    model: torch.nn.Module  # a freshly initialised NetworkCnn of the genotype
+
+
+def _cycle(loader):
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("The validation loader is empty; give it at least one batch")
+
+
+def check_batch(batch: Any, cfg: SearchConfig, *, what: str) -> None:
+    """Validate one ``(x, y)`` batch against the space, before any training starts.
+
+    Raises:
+        ValueError: wrong structure, rank, channel count, spatial shape, dtype or label range.
+    """
+    space = cfg.space
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError(f"{what} batches must be (x, y) pairs, got {type(batch).__name__}")
+    x, y = batch
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"{what} x must be 4-D (N, C, T, 1) for time series or (N, C, H, W) for images, got {shape}; "
+            "lift a (N, C, T) tensor with x.unsqueeze(-1)"
+        )
+    if x.shape[1] != space.in_channels:
+        raise ValueError(
+            f"{what} x has {x.shape[1]} channels but the space expects in_channels={space.in_channels}; "
+            "set in_channels to the data's channel count"
+        )
+    if tuple(x.shape[2:]) != space.input_shape:
+        raise ValueError(
+            f"{what} x has spatial shape {tuple(x.shape[2:])} but the space expects input_shape="
+            f"{space.input_shape}; set input_shape to the data's (T, 1) or (H, W)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"{what} x must be a floating tensor, got {x.dtype}")
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+        raise ValueError(f"{what} y must be a 1-D integer label tensor of length N={x.shape[0]}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= space.num_classes):
+        raise ValueError(
+            f"{what} labels must lie in 0..{space.num_classes - 1} (num_classes={space.num_classes}), "
+            f"got {int(y.min())}..{int(y.max())}"
+        )
+
+
+def run_search(
+    cfg: SearchConfig,
+    train_loader,
+    valid_loader,
+    *,
+    epochs: int,
+    gen: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    compile: bool = False,
+    on_epoch=None,
+    state: SearchState | None = None,
+    start_epoch: int = 0,
+) -> SearchResult:
+    """Search for ``epochs`` epochs over ``train_loader`` (alphas on batches of ``valid_loader``).
+
+    Args:
+        cfg: the search config; ``total_steps`` is set here to ``epochs * len(train_loader)``.
+        train_loader, valid_loader: iterables of ``(x, y)``; the validation loader is cycled.
+        epochs: number of passes over ``train_loader``.
+        gen: initialises the supernet (unless ``state`` is given) and the final model.
+        device: where the search runs.
+        progress: show a tqdm bar per epoch with live loss, accuracy and lr.
+        compile: run ``torch.compile(search_step)`` (inductor) instead of the eager step.
+        on_epoch: optional ``callback(epoch, state, record)`` after each epoch (checkpoints, logs).
+        state, start_epoch: resume from a saved state at the start of ``start_epoch``.
+
+    Returns:
+        A :class:`SearchResult`.
+
+    Raises:
+        ValueError: bad arguments or data that does not fit the space (checked before training).
+        FloatingPointError: a non-finite loss, naming the step.
+    """
+    from fnas.genotypes import derive_genotype
+    from fnas.model import NetworkCnn
+
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError("The training loader is empty; give it at least one batch")
+    check_batch(next(iter(train_loader)), cfg, what="training")
+    check_batch(next(iter(valid_loader)), cfg, what="validation")
+    cfg = cfg.replace(total_steps=epochs * steps_per_epoch)
+    if state is None:
+        state = init_search(cfg, gen)
+    state = tree.map(lambda t: t.to(device), state)
+    step_fn = torch.compile(search_step) if compile else search_step
+
+    space = cfg.space
+    history: list = []
+    alpha_history: list = []
+    valid_iter = _cycle(valid_loader)
+    for epoch in range(start_epoch, epochs):
+        sums: dict[str, float] = {}
+        bar = _progress(train_loader, epoch, epochs, progress)
+        for i, (x, y) in enumerate(bar):
+            vx, vy = next(valid_iter)
+            train_batch, valid_batch = (x.to(device), y.to(device)), (vx.to(device), vy.to(device))
+            if int(state.step) < cfg.warmup_steps:
+                state, metrics = weight_step(state, train_batch, cfg=cfg)
+            else:
+                state, metrics = step_fn(state, train_batch, valid_batch, cfg=cfg)
+            values = {k: float(v) for k, v in metrics.items()}
+            if not all(map(_finite, values.values())):
+                bad = {k: v for k, v in values.items() if not _finite(v)}
+                raise FloatingPointError(
+                    f"Non-finite values at step {int(state.step)} (epoch {epoch}, batch {i}): {bad}; "
+                    "lower lr or arch_lr, or raise grad_clip, and resume from the last checkpoint"
+                )
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if progress:
+                n = i + 1
+                bar.set_postfix(
+                    loss=f"{sums['train_loss'] / n:.3f}",
+                    acc=f"{sums['train_acc'] / n:.3f}",
+                    vacc=f"{sums.get('valid_acc', 0.0) / n:.3f}",
+                    lr=f"{values['lr']:.4f}",
+                )
+        record = {k: v / steps_per_epoch for k, v in sums.items()}
+        genotype = derive_genotype(state.alphas, space)
+        record.update(epoch=epoch, step=int(state.step), genotype=genotype)
+        history.append(record)
+        alpha_history.append({k: torch.softmax(a.detach().cpu(), -1) for k, a in state.alphas.items()})
+        if on_epoch is not None:
+            on_epoch(epoch, state, record)
+
+    genotype = derive_genotype(state.alphas, space)
+    model = NetworkCnn(
+        space.C,
+        space.num_classes,
+        space.layers,
+        genotype,
+        space.in_channels,
+        space.with_input_batchnorm,
+        space.nodes,
+        space.multiplier,
+        space.stem_multiplier,
+        gen=gen,
+    )
+    return SearchResult(genotype, alpha_history, history, state, model)
+
+
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))
+
+
+def _progress(loader, epoch: int, epochs: int, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"search {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)

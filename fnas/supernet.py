@@ -1,0 +1,171 @@
+"""The search network as pure functions: ``init_supernet`` and ``apply_supernet`` over pytrees.
+
+Semantics (DESIGN.md): optional input BN; stem conv (3x1 or 3x3) + BN to ``stem_multiplier * C``;
+``layers`` single-input cells, cells ``layers // 3`` and ``2 * layers // 3`` reduce (channels
+double, edges leaving the cell input have stride 2); cell input -> ReLU, 1x1 conv, BN -> state_0;
+node ``j = sum_{i<j} MixedOp_{i->j}(state_i)``; the cell output concatenates the last
+``multiplier`` nodes; head: global average pool, linear.
+
+References:
+    Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fnas import layers as L
+from fnas.config import SearchConfig, SpaceConfig
+from fnas.mixed_op import apply_mixed_op, init_mixed_op
+
+Tensor = torch.Tensor
+
+
+def space_of(cfg: SpaceConfig | SearchConfig) -> SpaceConfig:
+    """The :class:`SpaceConfig` of ``cfg`` (a space or a search config)."""
+    if isinstance(cfg, SearchConfig):
+        return cfg.space
+    if isinstance(cfg, SpaceConfig):
+        return cfg
+    raise ValueError(f"cfg must be a SpaceConfig or SearchConfig, got {type(cfg).__name__}")
+
+
+def cell_plan(cfg: SpaceConfig) -> list[tuple[bool, int, int]]:
+    """``(reduction, C_in, C)`` per cell: its input channels and its node width."""
+    plan = []
+    c_prev, c = cfg.stem_multiplier * cfg.C, cfg.C
+    for layer in range(cfg.layers):
+        reduction = layer in cfg.reduction_layers
+        if reduction:
+            c *= 2
+        plan.append((reduction, c_prev, c))
+        c_prev = cfg.multiplier * c
+    return plan
+
+
+def edge_key(i: int, j: int) -> str:
+    """Pytree key of the edge ``state_i -> node_j``."""
+    return f"e{i}_{j}"
+
+
+def _k(cfg: SpaceConfig, k: int) -> tuple[int, ...]:
+    return (k,) if cfg.is_1d else (k, k)
+
+
+def init_supernet(
+    cfg: SpaceConfig | SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict, dict, dict]:
+    """Initialise ``(weights, alphas, stats)`` of the search network.
+
+    Args:
+        cfg: the space (or a search config holding it).
+        gen: the only source of randomness.
+        dtype: floating dtype of every leaf.
+
+    Returns:
+        ``weights`` (nested dict of tensors), ``alphas`` (``{"normal", "reduce"}``, each
+        ``(num_edges, len(primitives))``, DARTS' ``1e-3 * randn``), and BatchNorm ``stats``.
+    """
+    cfg = space_of(cfg)
+    weights: dict = {}
+    stats: dict = {}
+    if cfg.with_input_batchnorm:
+        weights["input_bn"], stats["input_bn"] = L.init_bn(cfg.in_channels, affine=True, dtype=dtype)
+    c_stem = cfg.stem_multiplier * cfg.C
+    bn_p, bn_s = L.init_bn(c_stem, affine=True, dtype=dtype)
+    weights["stem"] = {"conv": L.init_conv(gen, cfg.in_channels, c_stem, _k(cfg, 3), dtype=dtype), "bn": bn_p}
+    stats["stem"] = {"bn": bn_s}
+    weights["cells"], stats["cells"] = {}, {}
+    for layer, (reduction, c_in, c) in enumerate(cell_plan(cfg)):
+        bn_p, bn_s = L.init_bn(c, affine=False, dtype=dtype)
+        cw = {"pre": {"conv": L.init_conv(gen, c_in, c, _k(cfg, 1), dtype=dtype), "bn": bn_p}, "edges": {}}
+        cs = {"pre": {"bn": bn_s}, "edges": {}}
+        for i, j in cfg.edges():
+            stride = 2 if reduction and i == 0 else 1
+            cw["edges"][edge_key(i, j)], cs["edges"][edge_key(i, j)] = init_mixed_op(
+                gen, c, stride, cfg.primitives, pool_bn=cfg.pool_bn, dtype=dtype
+            )
+        weights["cells"][f"c{layer}"], stats["cells"][f"c{layer}"] = cw, cs
+    c_last = cfg.multiplier * cell_plan(cfg)[-1][2]
+    weights["head"] = L.init_linear(gen, c_last, cfg.num_classes, dtype=dtype)
+    shape = (cfg.num_edges, len(cfg.primitives))
+    alphas = {
+        "normal": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
+        "reduce": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
+    }
+    return weights, alphas, stats
+
+
+def apply_stem(weights: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig, train: bool) -> tuple[Tensor, dict]:
+    """Input BN (optional) and stem; ``x`` in the internal layout. Shared with NetworkCnn."""
+    new: dict = {}
+    if cfg.with_input_batchnorm:
+        x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train)
+    x = L.apply_conv(weights["stem"]["conv"], x, padding=1)
+    x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train)
+    new["stem"] = {"bn": bn}
+    return x, new
+
+
+def apply_preprocess(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+    """ReLU -> 1x1 conv -> BN: a cell's input becomes its state_0."""
+    x = L.apply_conv(weights["conv"], torch.relu(x))
+    x, bn = L.apply_bn(weights["bn"], stats["bn"], x, train=train)
+    return x, {"bn": bn}
+
+
+def to_internal(x: Tensor, cfg: SpaceConfig) -> Tensor:
+    """(N, C, T, 1) -> (N, C, T) in kx1 spaces; 2D spaces keep (N, C, H, W)."""
+    return x.squeeze(-1) if cfg.is_1d else x
+
+
+def apply_supernet(
+    weights: dict, alphas: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig | SearchConfig, train: bool
+) -> tuple[Tensor, dict]:
+    """Logits of the search network; a pure function.
+
+    Args:
+        weights, alphas, stats: the pytrees from :func:`init_supernet`.
+        x: (N, in_channels, T, 1) or (N, in_channels, H, W).
+        cfg: the space.
+        train: BatchNorm uses batch statistics and returns updated running statistics.
+
+    Returns:
+        ``(logits (N, num_classes), new_stats)``; ``stats`` itself is never modified.
+    """
+    cfg = space_of(cfg)
+    h, new_stats = apply_stem(weights, stats, to_internal(x, cfg), cfg=cfg, train=train)
+    mix = {kind: torch.softmax(a, dim=-1) for kind, a in alphas.items()}
+    new_stats["cells"] = {}
+    for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
+        name = f"c{layer}"
+        cw, cs = weights["cells"][name], stats["cells"][name]
+        s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train)
+        w = mix["reduce" if reduction else "normal"]
+        states = [s0]
+        edge_stats = {}
+        row = 0
+        for j in range(1, cfg.nodes + 1):
+            node = None
+            for i in range(j):
+                key = edge_key(i, j)
+                y, edge_stats[key] = apply_mixed_op(
+                    cw["edges"][key],
+                    cs["edges"][key],
+                    states[i],
+                    w[row],
+                    primitives=cfg.primitives,
+                    stride=2 if reduction and i == 0 else 1,
+                    train=train,
+                    pool_bn=cfg.pool_bn,
+                )
+                row += 1
+                if y is not None:
+                    node = y if node is None else node + y
+            if node is None:  # every op on every edge is `none`
+                node = L.subsample(s0, 2 if reduction else 1) * 0.0
+            states.append(node)
+        h = torch.cat(states[cfg.nodes - cfg.multiplier + 1 :], dim=1)
+        new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
+    logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
+    return logits, new_stats

@@ -33,9 +33,16 @@ Tensor = torch.Tensor
 LossFn = Callable[[Any, Any, Any], tuple[Tensor, Any]]
 
 
-def _batches(train_batches: Any, k: int) -> list:
-    """``train_batches`` may be one batch (reused for every virtual step) or a list of ``k``."""
-    if isinstance(train_batches, list):
+def as_batches(train_batches: Any, k: int) -> list:
+    """``train_batches`` may be one batch (reused for every virtual step) or a list of ``k``.
+
+    One batch is any tuple, or a list whose first item is a tensor (a DataLoader yields
+    ``[x, y]`` lists); a list of batches holds tuples or lists.
+
+    Raises:
+        ValueError: a list of fewer than ``k`` batches.
+    """
+    if isinstance(train_batches, list) and train_batches and not isinstance(train_batches[0], torch.Tensor):
         if len(train_batches) < k:
             raise ValueError(f"unroll_steps={k} needs {k} training batches, got {len(train_batches)}")
         return train_batches[:k]
@@ -103,7 +110,9 @@ def exact(
     Returns:
         ``(grad_alphas, (val_loss, val_aux))`` with ``val_loss`` at the unrolled weights.
     """
-    batches = _batches(train_batches, unroll_steps)
+    if not isinstance(unroll_steps, int) or unroll_steps < 1:
+        raise ValueError(f"unroll_steps must be an int >= 1, got {unroll_steps!r}")
+    batches = as_batches(train_batches, unroll_steps)
 
     def objective(a):
         w, buf = weights, momentum
@@ -140,7 +149,7 @@ def finite_difference(
     """
     if unroll_steps != 1:
         raise ValueError(f"finite_difference supports unroll_steps=1 only, got {unroll_steps}; use exact")
-    batch = _batches(train_batches, 1)[0]
+    batch = as_batches(train_batches, 1)[0]
     w1, _ = virtual_step(
         loss_fn, weights, alphas, momentum, batch, xi=xi, momentum_coef=momentum_coef, weight_decay=weight_decay
     )
@@ -179,4 +188,4 @@ def get(name: str) -> Callable:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "exact", "finite_difference", "first_order", "get", "virtual_step"]
+__all__ = ["METHODS", "as_batches", "exact", "finite_difference", "first_order", "get", "virtual_step"]

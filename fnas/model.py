@@ -30,20 +30,19 @@ def _write_back(old: dict, new: dict) -> None:
 
 
 def _kind_of(genotype: Genotype_CNN) -> str:
+    """``"1d"``, ``"2d"``, or ``"any"`` when every op is layout-free (skip, none, ...)."""
     kinds = {P.get(op).kind for op, _ in list(genotype.normal) + list(genotype.reduce)}
     if "1d" in kinds and "2d" in kinds:
         raise ValueError("The genotype mixes kx1 and kxk primitives; a network is either kx1 or 2D")
-    return "2d" if "2d" in kinds else "1d"
+    return "2d" if "2d" in kinds else "1d" if "1d" in kinds else "any"
 
 
 class _Cell(nn.Module):
-    def __init__(self, genotype_cell, concat, c_in: int, c: int, reduction: bool, *, kx1: bool, gen):
+    def __init__(self, genotype_cell, concat, c_in: int, c: int, reduction: bool, *, gen):
         super().__init__()
-        kernel = (1,) if kx1 else (1, 1)
         pre_p, pre_s = L.init_bn(c, affine=True)
-        pre_p = {"conv": L.init_conv(gen, c_in, c, kernel), "bn": pre_p}
+        pre_p = {"conv": L.init_conv(gen, c_in, c, (1, 1)), "bn": pre_p}
         self.pre = O._Tree(pre_p, {"bn": pre_s})
-        self.kx1 = kx1
         self.links = [(op, idx, 2 if reduction and idx == 0 else 1) for op, idx in genotype_cell]
         self.concat = list(concat)
         self.ops = nn.ModuleDict()
@@ -59,13 +58,8 @@ class _Cell(nn.Module):
         if self.training:
             _write_back(stats, new)
         states = [s0]
-        for j, (op, idx, _) in enumerate(self.links, start=1):
-            module = self.ops[f"n{j}"]
-            inp = states[idx]
-            if isinstance(module, O.FunctionalOp) or not self.kx1:
-                states.append(module(inp))
-            else:  # a seed-style module expects (N, C, T, 1)
-                states.append(module(inp.unsqueeze(-1)).squeeze(-1))
+        for j, (_, idx, _) in enumerate(self.links, start=1):
+            states.append(self.ops[f"n{j}"](states[idx]))
         return torch.cat([states[k] for k in self.concat], dim=1)
 
 
@@ -83,6 +77,9 @@ class NetworkCnn(nn.Module):
         multiplier: nodes concatenated into the cell output (must match the concat lists).
         stem_multiplier: the stem has ``stem_multiplier * C`` channels.
         gen: optional generator for a reproducible init.
+        kx1: time series (``(N, C, T, 1)`` input, (k, 1) kernels) or 2D; default: inferred from
+            the genotype's ops (kx1 unless it has a 2D op; pass it for genotypes of
+            layout-free ops only, such as all ``skip_connect``).
 
     Input: ``(N, in_channels, T, 1)`` for kx1 genotypes, ``(N, in_channels, H, W)`` for 2D ones.
 
@@ -103,6 +100,7 @@ class NetworkCnn(nn.Module):
         stem_multiplier: int = 3,
         *,
         gen: torch.Generator | None = None,
+        kx1: bool | None = None,
     ):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers), ("in_channels", in_channels)):
@@ -114,8 +112,11 @@ class NetworkCnn(nn.Module):
         self.genotype = genotype
         self.in_channels, self.num_classes = in_channels, num_classes
         self.with_input_batchnorm = with_input_batchnorm
-        self.kx1 = _kind_of(genotype) == "1d"
-        k3 = (3,) if self.kx1 else (3, 3)
+        inferred = _kind_of(genotype)
+        if kx1 is not None and kx1 != (inferred == "1d") and inferred != "any":
+            raise ValueError(f"kx1={kx1} contradicts the genotype's {inferred} ops")
+        self.kx1 = (inferred != "2d") if kx1 is None else bool(kx1)
+        k3 = L.kernel_shape(3, self.kx1)
         if with_input_batchnorm:
             self.input_bn = O._Tree(*L.init_bn(in_channels, affine=True))
         c_stem = stem_multiplier * C
@@ -130,7 +131,7 @@ class NetworkCnn(nn.Module):
                 c *= 2
             cell = genotype.reduce if reduction else genotype.normal
             concat = genotype.reduce_concat if reduction else genotype.normal_concat
-            self.cells.append(_Cell(cell, concat, c_prev, c, reduction, kx1=self.kx1, gen=gen))
+            self.cells.append(_Cell(cell, concat, c_prev, c, reduction, gen=gen))
             c_prev = len(list(concat)) * c
         self.head = O._Tree(L.init_linear(gen, c_prev, num_classes), {})
         self.reductions = sorted(reductions)
@@ -149,8 +150,9 @@ class NetworkCnn(nn.Module):
                 f"NetworkCnn expects (N, {self.in_channels}, T, 1) or (N, {self.in_channels}, H, W) input, "
                 f"got {tuple(x.shape)}"
             )
-        if self.kx1:
-            x = x.squeeze(-1)
+        if self.kx1 and x.shape[-1] != 1:
+            raise ValueError(f"NetworkCnn of a kx1 genotype expects (N, C, T, 1) input, got {tuple(x.shape)}")
+        x = L.to_layout(x)
         params, stats = self._stem_trees()
         cfg = _StemCfg(self.with_input_batchnorm)
         h, new = apply_stem(params, stats, x, cfg=cfg, train=self.training)
@@ -193,7 +195,13 @@ class NetworkCnn(nn.Module):
             copy(s, cs["pre"], "pre")
             for j, (op, idx, _) in enumerate(cell.links, start=1):
                 module = cell.ops[f"n{j}"]
-                src_p, src_s = cw["edges"][edge_key(idx, j)][op], cs["edges"][edge_key(idx, j)][op]
+                edge = edge_key(idx, j)
+                if op not in cw["edges"].get(edge, {}):
+                    raise ValueError(
+                        f"cell {layer}, node {j}: the supernet has no {op!r} on edge {idx}->{j}; load "
+                        "weights from a supernet whose space contains the genotype's ops"
+                    )
+                src_p, src_s = cw["edges"][edge][op], cs["edges"][edge][op]
                 if isinstance(module, O.FunctionalOp):
                     p, s = O._split(module.tree)
                 else:

@@ -3,8 +3,8 @@
 Every built-in primitive has an ``OPS`` entry (an :class:`FunctionalOp` wrapping the pure
 functions). A user may add an entry the seed's way; the search network then runs that module
 through ``torch.func.functional_call`` with its parameters taken from the weights pytree, and
-:class:`fnas.model.NetworkCnn` instantiates it directly. Such modules see the seed's NCHW layout:
-``(N, C, T, 1)`` in kx1 spaces.
+:class:`fnas.model.NetworkCnn` instantiates it directly. Every op sees the seed's layout,
+``(N, C, T, 1)`` in kx1 spaces (stored channels_last).
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ def _split(module: nn.Module) -> tuple[dict, dict]:
 class FunctionalOp(nn.Module):
     """An ``nn.Module`` face for a registered pure primitive (used by NetworkCnn and ``OPS``).
 
-    Accepts the layout of its space ((N, C, T) or (N, C, H, W)) and, for kx1 primitives, the seed's
-    ``(N, C, T, 1)`` as well.
+    Takes ``(N, C, T, 1)`` (kx1) or ``(N, C, H, W)`` tensors.
     """
 
     def __init__(self, name: str, C: int, stride: int, affine: bool, gen: torch.Generator | None = None):
@@ -66,9 +65,6 @@ class FunctionalOp(nn.Module):
         self.tree = _Tree(params, stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        lift = x.ndim == 4 and self.primitive.kind == "1d"
-        if lift:
-            x = x.squeeze(-1)
         params, stats = _split(self.tree)
         y, new_stats = self.primitive.apply(params, stats, x, stride=self.stride, train=self.training)
         if self.training:
@@ -76,7 +72,7 @@ class FunctionalOp(nn.Module):
                 for old, new in zip(tree.leaves(stats), tree.leaves(new_stats)):
                     if old is not new:
                         old.copy_(new)
-        return y.unsqueeze(-1) if lift else y
+        return y
 
 
 def _builtin(name: str) -> Callable[[int, int, bool], nn.Module]:
@@ -89,8 +85,24 @@ _BUILTIN_FACTORIES = dict(OPS)
 
 
 def is_builtin(name: str) -> bool:
-    """True if ``name`` runs through a registered pure primitive (not a user ``nn.Module``)."""
-    return name in P._REGISTRY and OPS.get(name) is _BUILTIN_FACTORIES.get(name)
+    """True if ``name`` runs through a registered pure primitive (not a user ``nn.Module``).
+
+    A registered name that is missing from ``OPS`` (registered after import) counts as built in.
+    """
+    return name in P._REGISTRY and OPS.get(name, _BUILTIN_FACTORIES.get(name)) is _BUILTIN_FACTORIES.get(name)
+
+
+_ADAPTED: dict[str, tuple[Callable, P.Primitive]] = {}
+
+
+def adapted(name: str) -> P.Primitive:
+    """The primitive adapted from ``OPS[name]``, built once per factory (a new factory replaces it)."""
+    factory = OPS[name]
+    cached = _ADAPTED.get(name)
+    if cached is None or cached[0] is not factory:
+        cached = (factory, primitive_from_module(name, factory))
+        _ADAPTED[name] = cached
+    return cached[1]
 
 
 def primitive_from_module(name: str, factory: Callable[[int, int, bool], nn.Module]) -> P.Primitive:
@@ -119,17 +131,19 @@ def primitive_from_module(name: str, factory: Callable[[int, int, bool], nn.Modu
                 bound = 1.0 / max(1, p[0].numel()) ** 0.5
                 fresh = (torch.rand(p.shape, generator=gen, dtype=dtype) * 2 - 1) * bound
             params[k] = fresh
-        stats = {k: b.detach().clone() for k, b in module.named_buffers()}
+        # Floating buffers (BN running stats) follow ``dtype`` like the params; counters stay integer.
+        stats = {
+            k: b.detach().clone().to(dtype) if b.is_floating_point() else b.detach().clone()
+            for k, b in module.named_buffers()
+        }
         return params, stats
 
     def apply(params, stats, x, *, stride, train):
         C = x.shape[1]
         module = template(C, stride)
         module.train(train)
-        lift = x.ndim == 3
-        x4 = x.unsqueeze(-1) if lift else x
         new_stats = {k: v.clone() for k, v in stats.items()}
-        y = torch.func.functional_call(module, (params, new_stats), (x4,))
-        return (y.squeeze(-1) if lift else y), new_stats
+        y = torch.func.functional_call(module, (params, new_stats), (x,))
+        return y, new_stats
 
     return P.Primitive(name, init, apply, "any", "module", 0, factory)

@@ -58,6 +58,8 @@ class Primitive:
             ``none``, to add DARTS' BatchNorm after pools, and to fuse convolutions.
         kernel: spatial kernel length (convs and pools), 0 otherwise.
         module: for primitives adapted from an ``nn.Module`` factory, that factory.
+        fuse: ``"conv_bn_relu"`` marks a dense conv -> affine-free BN -> ReLU that the fused
+            mixed op may batch across edges; None for primitives run one call per edge.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Primitive:
     family: str = "conv"
     kernel: int = 0
     module: Callable | None = None
+    fuse: str | None = None
 
 
 _REGISTRY: dict[str, Primitive] = {}
@@ -99,12 +102,14 @@ def get(name: str) -> Primitive:
     Raises:
         ValueError: ``name`` is neither registered nor in ``fnas.operations.OPS``.
     """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
     from fnas import operations
 
-    if name in operations.OPS:
-        return operations.primitive_from_module(name, operations.OPS[name])
+    if name in _REGISTRY and operations.is_builtin(name):
+        return _REGISTRY[name]
+    if name in operations.OPS:  # a user's nn.Module factory (new, or overriding a built-in)
+        return operations.adapted(name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     raise ValueError(
         f"Unknown primitive {name!r}; expected one of {names()}. Register a new one with "
         "fnas.primitives.register(...) or add an nn.Module factory to fnas.operations.OPS."
@@ -114,8 +119,8 @@ def get(name: str) -> Primitive:
 # --- built-in primitives ---------------------------------------------------------------------
 
 
-def _kernel(k: int, kind: Kind) -> tuple[int, ...]:
-    return (k,) if kind == "1d" else (k, k)
+def _kernel(k: int, kind: Kind) -> tuple[int, int]:
+    return L.kernel_shape(k, kind == "1d")
 
 
 def _none_init(gen, C, stride, *, affine, dtype):
@@ -128,7 +133,7 @@ def _none_apply(params, stats, x, *, stride, train):
 
 def _make_pool(name: str, k: int, kind: Kind, op: Callable) -> Primitive:
     def apply(params, stats, x, *, stride, train):
-        return op(x, k, stride, k // 2), stats
+        return op(x, k, stride), stats
 
     return Primitive(name, _none_init, apply, kind, "pool", k)
 
@@ -139,32 +144,29 @@ def _skip_init(gen, C, stride, *, affine, dtype):
     if C % 2:
         raise ValueError(f"skip_connect with stride 2 (factorized reduce) needs an even channel count, got C={C}")
     # Factorized reduce: two 1x1 convs on offset grids, so no input position is dropped.
-    # 1x1 weights are stored 1D, (C/2, C, 1), and lifted for 2D inputs in _pointwise.
     bn_p, bn_s = L.init_bn(C, affine=affine, dtype=dtype)
     params = {
-        "conv1": L.init_conv(gen, C, C // 2, (1,), dtype=dtype),
-        "conv2": L.init_conv(gen, C, C // 2, (1,), dtype=dtype),
+        "conv1": L.init_conv(gen, C, C // 2, (1, 1), dtype=dtype),
+        "conv2": L.init_conv(gen, C, C // 2, (1, 1), dtype=dtype),
         "bn": bn_p,
     }
     return params, {"bn": bn_s}
 
 
-def _pointwise(params: dict[str, Tensor], x: Tensor, stride: int) -> Tensor:
-    # 1x1 kernels are stored 1D, (out, in, 1); a 2D input needs (out, in, 1, 1).
-    w = params["weight"]
-    if x.ndim == 4 and w.ndim == 3:
-        w = w.unsqueeze(-1)
-    return L.apply_conv({"weight": w}, x, stride=stride)
+def shifted_grid(x: Tensor) -> Tensor:
+    """``x`` moved one step back along T (and W in 2D), zero-filled: the factorized reduce's odd grid."""
+    if x.shape[-1] == 1:
+        return torch.nn.functional.pad(x[:, :, 1:, :], (0, 0, 0, 1))
+    return torch.nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
 
 
 def _skip_apply(params, stats, x, *, stride, train):
     if stride == 1:
         return x, stats
     x = torch.relu(x)
-    shifted = x[..., 1:] if x.ndim == 3 else x[..., 1:, 1:]
-    pad = (0, 1) if x.ndim == 3 else (0, 1, 0, 1)
-    shifted = torch.nn.functional.pad(shifted, pad)
-    y = torch.cat([_pointwise(params["conv1"], x, stride), _pointwise(params["conv2"], shifted, stride)], dim=1)
+    y1 = L.apply_conv(params["conv1"], x, stride=stride)
+    y2 = L.apply_conv(params["conv2"], shifted_grid(x), stride=stride)
+    y = torch.cat([y1, y2], dim=1)
     y, bn = L.apply_bn(params["bn"], stats["bn"], y, train=train)
     return y, {"bn": bn}
 
@@ -177,11 +179,11 @@ def _make_conv_bn_relu(name: str, k: int, kind: Kind) -> Primitive:
         return {"conv": L.init_conv(gen, C, C, _kernel(k, kind), dtype=dtype), "bn": bn_p}, {"bn": bn_s}
 
     def apply(params, stats, x, *, stride, train):
-        y = L.apply_conv(params["conv"], x, stride=stride, padding=k // 2)
+        y = L.apply_conv(params["conv"], x, stride=stride)
         y, bn = L.apply_bn(params["bn"], stats["bn"], y, train=train)
         return torch.relu(y), {"bn": bn}
 
-    return Primitive(name, init, apply, kind, "conv", k)
+    return Primitive(name, init, apply, kind, "conv", k, fuse="conv_bn_relu")
 
 
 def _make_sep_conv(name: str, k: int, kind: Kind) -> Primitive:
@@ -202,7 +204,7 @@ def _make_sep_conv(name: str, k: int, kind: Kind) -> Primitive:
         new = {}
         for i, s in ((1, stride), (2, 1)):
             x = torch.relu(x)
-            x = L.apply_conv(params[f"dw{i}"], x, stride=s, padding=k // 2, groups=C)
+            x = L.apply_conv(params[f"dw{i}"], x, stride=s, groups=C)
             x = L.apply_conv(params[f"pw{i}"], x)
             x, new[f"bn{i}"] = L.apply_bn(params[f"bn{i}"], stats[f"bn{i}"], x, train=train)
         return x, new
@@ -225,7 +227,7 @@ def _make_dil_conv(name: str, k: int, kind: Kind) -> Primitive:
     def apply(params, stats, x, *, stride, train):
         C = x.shape[1]
         x = torch.relu(x)
-        x = L.apply_conv(params["dw"], x, stride=stride, padding=2 * (k // 2), dilation=2, groups=C)
+        x = L.apply_conv(params["dw"], x, stride=stride, dilation=2, groups=C)
         x = L.apply_conv(params["pw"], x)
         x, bn = L.apply_bn(params["bn"], stats["bn"], x, train=train)
         return x, {"bn": bn}

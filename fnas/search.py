@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fnas import hypergrad, tree
+from fnas.data import check_input
 from fnas.config import SearchConfig
 from fnas.optim import AdamState, SGDState, adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init
 from fnas.optim import sgd_update
@@ -91,7 +92,7 @@ def current_lr(step: Tensor, cfg: SearchConfig) -> Tensor:
 
 
 def _first(train_batch: Any) -> Batch:
-    return train_batch[0] if isinstance(train_batch, list) else train_batch
+    return hypergrad.as_batches(train_batch, 1)[0]
 
 
 def arch_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg: SearchConfig):
@@ -205,24 +206,7 @@ def check_batch(batch: Any, cfg: SearchConfig, *, what: str) -> None:
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise ValueError(f"{what} batches must be (x, y) pairs, got {type(batch).__name__}")
     x, y = batch
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
-            f"{what} x must be 4-D (N, C, T, 1) for time series or (N, C, H, W) for images, got {shape}; "
-            "lift a (N, C, T) tensor with x.unsqueeze(-1)"
-        )
-    if x.shape[1] != space.in_channels:
-        raise ValueError(
-            f"{what} x has {x.shape[1]} channels but the space expects in_channels={space.in_channels}; "
-            "set in_channels to the data's channel count"
-        )
-    if tuple(x.shape[2:]) != space.input_shape:
-        raise ValueError(
-            f"{what} x has spatial shape {tuple(x.shape[2:])} but the space expects input_shape="
-            f"{space.input_shape}; set input_shape to the data's (T, 1) or (H, W)"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"{what} x must be a floating tensor, got {x.dtype}")
+    check_input(x, space.in_channels, space.input_shape, what=f"{what} x")
     if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
         raise ValueError(f"{what} y must be a 1-D integer label tensor of length N={x.shape[0]}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= space.num_classes):
@@ -333,6 +317,7 @@ def run_search(
         space.multiplier,
         space.stem_multiplier,
         gen=gen,
+        kx1=space.is_1d,
     )
     return SearchResult(genotype, alpha_history, history, state, model)
 

@@ -16,7 +16,7 @@ import torch
 
 from fnas import layers as L
 from fnas.config import SearchConfig, SpaceConfig
-from fnas.mixed_op import apply_mixed_op, init_mixed_op
+from fnas.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
 
 Tensor = torch.Tensor
 
@@ -48,8 +48,8 @@ def edge_key(i: int, j: int) -> str:
     return f"e{i}_{j}"
 
 
-def _k(cfg: SpaceConfig, k: int) -> tuple[int, ...]:
-    return (k,) if cfg.is_1d else (k, k)
+def _k(cfg: SpaceConfig, k: int) -> tuple[int, int]:
+    return L.kernel_shape(k, cfg.is_1d)
 
 
 def init_supernet(
@@ -78,7 +78,7 @@ def init_supernet(
     weights["cells"], stats["cells"] = {}, {}
     for layer, (reduction, c_in, c) in enumerate(cell_plan(cfg)):
         bn_p, bn_s = L.init_bn(c, affine=False, dtype=dtype)
-        cw = {"pre": {"conv": L.init_conv(gen, c_in, c, _k(cfg, 1), dtype=dtype), "bn": bn_p}, "edges": {}}
+        cw = {"pre": {"conv": L.init_conv(gen, c_in, c, (1, 1), dtype=dtype), "bn": bn_p}, "edges": {}}
         cs = {"pre": {"bn": bn_s}, "edges": {}}
         for i, j in cfg.edges():
             stride = 2 if reduction and i == 0 else 1
@@ -97,11 +97,11 @@ def init_supernet(
 
 
 def apply_stem(weights: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig, train: bool) -> tuple[Tensor, dict]:
-    """Input BN (optional) and stem; ``x`` in the internal layout. Shared with NetworkCnn."""
+    """Input BN (optional) and stem. Shared with NetworkCnn."""
     new: dict = {}
     if cfg.with_input_batchnorm:
         x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train)
-    x = L.apply_conv(weights["stem"]["conv"], x, padding=1)
+    x = L.apply_conv(weights["stem"]["conv"], x)
     x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train)
     new["stem"] = {"bn": bn}
     return x, new
@@ -112,11 +112,6 @@ def apply_preprocess(weights: dict, stats: dict, x: Tensor, *, train: bool) -> t
     x = L.apply_conv(weights["conv"], torch.relu(x))
     x, bn = L.apply_bn(weights["bn"], stats["bn"], x, train=train)
     return x, {"bn": bn}
-
-
-def to_internal(x: Tensor, cfg: SpaceConfig) -> Tensor:
-    """(N, C, T, 1) -> (N, C, T) in kx1 spaces; 2D spaces keep (N, C, H, W)."""
-    return x.squeeze(-1) if cfg.is_1d else x
 
 
 def apply_supernet(
@@ -134,7 +129,7 @@ def apply_supernet(
         ``(logits (N, num_classes), new_stats)``; ``stats`` itself is never modified.
     """
     cfg = space_of(cfg)
-    h, new_stats = apply_stem(weights, stats, to_internal(x, cfg), cfg=cfg, train=train)
+    h, new_stats = apply_stem(weights, stats, L.to_layout(x), cfg=cfg, train=train)
     mix = {kind: torch.softmax(a, dim=-1) for kind, a in alphas.items()}
     new_stats["cells"] = {}
     for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
@@ -142,30 +137,81 @@ def apply_supernet(
         cw, cs = weights["cells"][name], stats["cells"][name]
         s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train)
         w = mix["reduce" if reduction else "normal"]
-        states = [s0]
-        edge_stats = {}
-        row = 0
-        for j in range(1, cfg.nodes + 1):
-            node = None
-            for i in range(j):
-                key = edge_key(i, j)
-                y, edge_stats[key] = apply_mixed_op(
-                    cw["edges"][key],
-                    cs["edges"][key],
-                    states[i],
-                    w[row],
-                    primitives=cfg.primitives,
-                    stride=2 if reduction and i == 0 else 1,
-                    train=train,
-                    pool_bn=cfg.pool_bn,
-                )
-                row += 1
-                if y is not None:
-                    node = y if node is None else node + y
-            if node is None:  # every op on every edge is `none`
-                node = L.subsample(s0, 2 if reduction else 1) * 0.0
-            states.append(node)
+        cell = apply_cell_fused if cfg.fused else apply_cell_plain
+        states, edge_stats = cell(cw["edges"], cs["edges"], s0, w, cfg=cfg, reduction=reduction, train=train)
         h = torch.cat(states[cfg.nodes - cfg.multiplier + 1 :], dim=1)
         new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
     logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
     return logits, new_stats
+
+
+def apply_cell_plain(
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool
+) -> tuple[list[Tensor], dict]:
+    """A cell's nodes edge by edge, primitive by primitive: the reference implementation.
+
+    Returns:
+        ``(states, new_edge_stats)`` with ``states[0] = s0`` and ``states[j]`` node ``j``.
+    """
+    states = [s0]
+    new: dict = {}
+    for j in range(1, cfg.nodes + 1):
+        node = None
+        for i in range(j):
+            key = edge_key(i, j)
+            y, new[key] = apply_mixed_op(
+                params[key],
+                stats[key],
+                states[i],
+                w[edge_row(i, j)],
+                primitives=cfg.primitives,
+                stride=2 if reduction and i == 0 else 1,
+                train=train,
+                pool_bn=cfg.pool_bn,
+            )
+            if y is not None:
+                node = y if node is None else node + y
+        states.append(_zero_node(node, s0, reduction))
+    return states, new
+
+
+def apply_cell_fused(
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool
+) -> tuple[list[Tensor], dict]:
+    """A cell's nodes source by source: when state ``i`` is known, every edge leaving it runs at once
+    (:func:`fnas.mixed_op.apply_edges_fused`) and adds into the partial sums of nodes ``i+1..n``.
+    Same result as :func:`apply_cell_plain`.
+    """
+    n = cfg.nodes
+    states = [s0]
+    partial: list[Tensor | None] = [None] * (n + 1)
+    new: dict = {}
+    for i in range(n):
+        targets = list(range(i + 1, n + 1))
+        keys = [edge_key(i, j) for j in targets]
+        outs, edge_stats = apply_edges_fused(
+            [params[k] for k in keys],
+            [stats[k] for k in keys],
+            states[i],
+            w[[edge_row(i, j) for j in targets]],
+            primitives=cfg.primitives,
+            stride=2 if reduction and i == 0 else 1,
+            train=train,
+            pool_bn=cfg.pool_bn,
+        )
+        for j, key, out, st in zip(targets, keys, outs, edge_stats):
+            new[key] = st
+            if out is not None:
+                partial[j] = out if partial[j] is None else partial[j] + out
+        states.append(_zero_node(partial[i + 1], s0, reduction))
+    return states, new
+
+
+def edge_row(i: int, j: int) -> int:
+    """Row of edge ``state_i -> node_j`` in an alpha table (edges of node j start at j(j-1)/2)."""
+    return j * (j - 1) // 2 + i
+
+
+def _zero_node(node: Tensor | None, s0: Tensor, reduction: bool) -> Tensor:
+    # a node whose every edge is `none` is zero (on the reduced grid in reduction cells)
+    return node if node is not None else L.subsample(s0, 2 if reduction else 1) * 0.0

@@ -20,12 +20,37 @@ _NS = "fnas"
 
 def leaves(tree: Tree) -> list[torch.Tensor]:
     """Return the leaves of ``tree`` in optree's (sorted-key) order."""
+    if torch.compiler.is_compiling():
+        return _py_leaves(tree)
     return optree.tree_leaves(tree, namespace=_NS)
 
 
 def map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:  # noqa: A001 - mirrors optree.tree_map
     """Apply ``fn`` leaf-wise over one or more trees of the same structure."""
+    if torch.compiler.is_compiling():
+        return _py_map(fn, tree, *rest)
     return optree.tree_map(fn, tree, *rest, namespace=_NS)
+
+
+# Dynamo cannot trace optree's flattening of empty dicts (which our pytrees have: parameter-free
+# ops), so compiled code walks the tree in Python. Same order as optree: dict keys sorted,
+# sequences and NamedTuples in position order.
+def _py_leaves(tree: Tree) -> list:
+    if isinstance(tree, dict):
+        return [leaf for key in sorted(tree) for leaf in _py_leaves(tree[key])]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for item in tree for leaf in _py_leaves(item)]
+    return [] if tree is None else [tree]
+
+
+def _py_map(fn: Callable, tree: Tree, *rest: Tree) -> Tree:
+    if isinstance(tree, dict):
+        return {key: _py_map(fn, tree[key], *(r[key] for r in rest)) for key in tree}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_py_map(fn, *items) for items in zip(tree, *rest)))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_py_map(fn, *items) for items in zip(tree, *rest))
+    return None if tree is None else fn(tree, *rest)
 
 
 def add(a: Tree, b: Tree) -> Tree:

@@ -111,6 +111,13 @@ class SearchConfig:
     unroll_steps: int = 1  # exact only: differentiate through K virtual weight steps
     total_steps: int = 1000  # length of the cosine schedule (the search loop sets it)
     warmup_steps: int = 0  # alphas stay fixed for the first warmup_steps steps
+    # Resource-aware search (the seed's nas_optimization_mode): 'Memory' (parameters), 'Compute'
+    # (MACs), 'SRAM' (peak activation bytes, int8) or a combination like 'Memory+Compute'.
+    penalty_mode: str | tuple[str, ...] | None = None
+    penalty_weight: float = 1.0
+    max_params: int | None = None  # budgets; a budget without penalty_mode turns its mode on
+    max_macs: int | None = None
+    max_sram_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, SpaceConfig):
@@ -133,11 +140,36 @@ class SearchConfig:
                 f"unroll_steps={self.unroll_steps} needs hypergrad='exact' (got {self.hypergrad!r}); "
                 "the finite-difference approximation is defined for one step only"
             )
+        for name in ("max_params", "max_macs", "max_sram_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"SearchConfig.{name} must be a positive number or None, got {value!r}")
+        if isinstance(self.penalty_mode, list):
+            object.__setattr__(self, "penalty_mode", tuple(self.penalty_mode))
+        if not isinstance(self.penalty_weight, (int, float)) or self.penalty_weight < 0:
+            raise ValueError(f"SearchConfig.penalty_weight must be >= 0, got {self.penalty_weight!r}")
+        self.penalty_metrics  # noqa: B018 - validates penalty_mode (unknown modes raise)
         if self.total_steps < 1 or self.warmup_steps < 0:
             raise ValueError(
                 f"SearchConfig.total_steps must be >= 1 and warmup_steps >= 0, got {self.total_steps}, "
                 f"{self.warmup_steps}"
             )
+
+    @property
+    def penalty_metrics(self) -> tuple[str, ...]:
+        """The cost metrics the architecture loss penalises (``params``, ``macs``, ``sram``)."""
+        from fnas.cost import _parse_mode
+
+        modes = [] if self.penalty_mode is None else _parse_mode(self.penalty_mode)
+        for metric, budget in self.budgets.items():
+            if budget is not None and metric not in modes:
+                modes.append(metric)
+        return tuple(modes)
+
+    @property
+    def budgets(self) -> dict[str, int | None]:
+        """``{metric: budget or None}`` for params, MACs and SRAM bytes."""
+        return {"params": self.max_params, "macs": self.max_macs, "sram": self.max_sram_bytes}
 
     def replace(self, **changes) -> "SearchConfig":
         """A copy with some fields changed (validated again)."""

@@ -9,12 +9,13 @@ dropped into any loop.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from fnas import hypergrad, tree
+from fnas import cost, hypergrad, tree
 from fnas.data import check_input
 from fnas.config import SearchConfig
 from fnas.optim import AdamState, SGDState, adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init
@@ -118,15 +119,30 @@ def arch_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg: 
         weight_decay=cfg.weight_decay,
         unroll_steps=cfg.unroll_steps,
     )
+    metrics = {}
+    if cfg.penalty_metrics:
+        g_pen, pen = torch.func.grad_and_value(lambda a: resource_penalty(a, cfg))(state.alphas)
+        g_alpha = tree.add(g_alpha, g_pen)
+        metrics["penalty"] = pen.detach()
+        for metric in cfg.penalty_metrics:
+            metrics[f"expected_{metric}"] = cost.expected_cost(state.alphas, cfg, metric=metric).detach()
     alphas, a_opt = adam_update(
         g_alpha, state.a_opt, state.alphas, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
     )
-    metrics = {
-        "valid_loss": val_loss.detach(),
-        "valid_acc": val_correct / valid_batch[1].shape[0],
-        "alpha_grad_norm": tree.norm(g_alpha),
-    }
+    metrics.update(
+        valid_loss=val_loss.detach(),
+        valid_acc=val_correct / valid_batch[1].shape[0],
+        alpha_grad_norm=tree.norm(g_alpha),
+    )
     return state._replace(alphas=alphas, a_opt=a_opt), metrics
+
+
+def resource_penalty(alphas: dict, cfg: SearchConfig) -> Tensor:
+    """The configured resource penalty of ``alphas`` (0 when none is configured)."""
+    if not cfg.penalty_metrics:
+        return torch.zeros(())
+    budgets = {m: cfg.budgets[m] for m in cfg.penalty_metrics}
+    return cost.penalty(alphas, cfg, mode=cfg.penalty_metrics, budget=budgets, weight=cfg.penalty_weight)
 
 
 def weight_step(state: SearchState, train_batch: Any, *, cfg: SearchConfig):
@@ -184,6 +200,7 @@ class SearchResult(NamedTuple):
     history: list  # per epoch: averaged metrics and the genotype of that epoch
     state: SearchState
     model: torch.nn.Module  # a freshly initialised NetworkCnn of the genotype
+    budget_misses: list  # empty when the genotype meets every budget, else how it misses
 
 
 def _cycle(loader):
@@ -261,6 +278,9 @@ def run_search(
     check_batch(next(iter(train_loader)), cfg, what="training")
     check_batch(next(iter(valid_loader)), cfg, what="validation")
     cfg = cfg.replace(total_steps=epochs * steps_per_epoch)
+    if cfg.penalty_metrics:
+        # an unreachable budget fails now, naming the minimum, not after hours of search
+        cost.check_budget(cfg, cfg.max_params, cfg.max_macs, cfg.max_sram_bytes)
     if state is None:
         state = init_search(cfg, gen)
     state = tree.map(lambda t: t.to(device), state)
@@ -272,6 +292,7 @@ def run_search(
     valid_iter = _cycle(valid_loader)
     for epoch in range(start_epoch, epochs):
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         bar = _progress(train_loader, epoch, epochs, progress)
         for i, (x, y) in enumerate(bar):
             vx, vy = next(valid_iter)
@@ -289,15 +310,17 @@ def run_search(
                 )
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             if progress:
-                n = i + 1
-                bar.set_postfix(
-                    loss=f"{sums['train_loss'] / n:.3f}",
-                    acc=f"{sums['train_acc'] / n:.3f}",
-                    vacc=f"{sums.get('valid_acc', 0.0) / n:.3f}",
-                    lr=f"{values['lr']:.4f}",
-                )
-        record = {k: v / steps_per_epoch for k, v in sums.items()}
+                live = {k: sums[k] / counts[k] for k in sums}
+                postfix = {"loss": f"{live['train_loss']:.3f}", "acc": f"{live['train_acc']:.3f}"}
+                if "valid_acc" in live:
+                    postfix["vacc"] = f"{live['valid_acc']:.3f}"
+                for metric in cfg.penalty_metrics:
+                    if f"expected_{metric}" in values:
+                        postfix[metric] = f"{values[f'expected_{metric}']:.3g}"
+                bar.set_postfix(postfix, refresh=False)
+        record = {k: v / counts[k] for k, v in sums.items()}
         genotype = derive_genotype(state.alphas, space)
         record.update(epoch=epoch, step=int(state.step), genotype=genotype)
         history.append(record)
@@ -306,6 +329,9 @@ def run_search(
             on_epoch(epoch, state, record)
 
     genotype = derive_genotype(state.alphas, space)
+    budget_misses = over_budget(genotype, cfg)
+    if budget_misses:
+        warnings.warn(f"The derived genotype misses its budget: {'; '.join(budget_misses)}", stacklevel=2)
     model = NetworkCnn(
         space.C,
         space.num_classes,
@@ -319,7 +345,18 @@ def run_search(
         gen=gen,
         kx1=space.is_1d,
     )
-    return SearchResult(genotype, alpha_history, history, state, model)
+    return SearchResult(genotype, alpha_history, history, state, model, budget_misses)
+
+
+def over_budget(genotype, cfg: SearchConfig) -> list[str]:
+    """How the genotype's exact cost exceeds each budget, e.g. ``"params 5,210 > 5,000 (+4.2%)"``."""
+    exact = cost.genotype_cost(genotype, cfg)
+    actual = {"params": exact.params, "macs": exact.macs, "sram": exact.peak_sram_bytes_int8}
+    return [
+        f"{metric} {actual[metric]:,} > {int(budget):,} (+{100 * (actual[metric] / budget - 1):.1f}%)"
+        for metric, budget in cfg.budgets.items()
+        if budget is not None and actual[metric] > budget
+    ]
 
 
 def _finite(v: float) -> bool:

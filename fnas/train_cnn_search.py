@@ -79,7 +79,7 @@ def config_from_args(args: Any, input_shape: tuple[int, int]) -> SearchConfig:
         ("max_macs", "nas_max_macs"),
         ("max_sram_bytes", "nas_max_sram_bytes"),
     ):
-        if getattr(args, arg, None) is not None and field in SearchConfig.__dataclass_fields__:
+        if getattr(args, arg, None) is not None:
             extra[field] = getattr(args, arg)
     return SearchConfig(
         space=space,

@@ -133,16 +133,13 @@ def test_one_hot_supernet_is_not_trivially_equal():
     assert not torch.allclose(la, lb)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NetworkCnn infers kx1 vs 2D from the genotype; a 2D genotype of layout-free ops only "
-    "(skip_connect, e.g. DARTS' skip collapse) is taken for kx1 and rejects (N, C, H, W) input",
-)
 def test_2d_genotype_of_layout_free_ops_only():
     g = Genotype_CNN([("skip_connect", 0), ("skip_connect", 1)], range(1, 3),
                      [("skip_connect", 0), ("skip_connect", 1)], range(1, 3))
-    net = NetworkCnn(4, 3, 3, g, 3, True, 2, 2, 1, gen=make_gen(0))
+    net = NetworkCnn(4, 3, 3, g, 3, True, 2, 2, 1, gen=make_gen(0), kx1=False)
     assert net(torch.randn(2, 3, 6, 6)).shape == (2, 3)
+    with pytest.raises(ValueError, match="contradicts"):
+        NetworkCnn(4, 3, 3, _random_genotype(P.DARTS_2D, 2, 2, 3), 3, True, 2, 2, 1, kx1=True)
 
 
 # --- other behaviour -------------------------------------------------------------------------------
@@ -242,11 +239,6 @@ def test_load_supernet_rejects_a_different_size():
         net.load_supernet(weights, stats)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_supernet indexes the supernet trees directly: a space without the genotype's op raises "
-    "KeyError(op_name) instead of a ValueError that names the mismatch",
-)
 def test_load_supernet_from_a_space_without_the_genotype_ops():
     net = _small_net()
     space = SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(8, 1), nodes=2, multiplier=2,

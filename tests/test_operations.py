@@ -168,11 +168,6 @@ def test_user_module_network_matches_supernet(with_seed_op, train):
     torch.testing.assert_close(net(x), want, **tol(F64))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="primitives.get looks in the registry before OPS, so an OPS override of a built-in name is used "
-    "by NetworkCnn (operations.is_builtin is False) but silently ignored by the search network",
-)
 def test_ops_override_of_a_builtin_name_reaches_the_search_network(seed_ops):
     calls = []
 
@@ -188,11 +183,6 @@ def test_ops_override_of_a_builtin_name_reaches_the_search_network(seed_ops):
     assert calls, "the search network did not use the overriding OPS entry"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="primitives.get builds a fresh adapter for an OPS entry on every call, so every apply_supernet "
-    "re-instantiates the user's nn.Module (its init draws from torch's global RNG) inside the hot loop",
-)
 def test_user_module_forward_leaves_the_global_rng_alone(with_seed_op):
     space = tiny_space(primitives=("none", SEED_OP))
     weights, alphas, stats = init_supernet(space, make_gen(0))

@@ -120,7 +120,7 @@ def test_three_d_batches_explain_the_layout():
         pytest.param(dict(mode="rnn"), r"args\.mode must be 'cnn'", id="mode"),
         pytest.param(dict(nas_budget=0), r"nas_budget .* must be a positive int", id="budget"),
         pytest.param(dict(gpu="cuda"), r"args\.gpu must be a CUDA device index", id="gpu-string"),
-        pytest.param(dict(in_channels=2), r"1 channels but the space expects in_channels=2", id="channels"),
+        pytest.param(dict(in_channels=2), r"has 1 channels .* expects 2; set in_channels=1", id="channels"),
         pytest.param(dict(nas_multiplier=3), r"multiplier \(3\) must be <= nodes \(2\)", id="multiplier"),
     ],
 )

@@ -97,7 +97,7 @@ def train_model(
             opt.step()
             sched.step()
             total += y.shape[0]
-            loss_sum += float(loss) * y.shape[0]
+            loss_sum += loss.item() * y.shape[0]
             correct += int((logits.argmax(-1) == y).sum())
             if progress:
                 bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")

@@ -510,10 +510,37 @@ def _pick_probs(alpha: Tensor, none: Tensor, nodes: int, tau: float) -> Tensor:
     return torch.cat(blocks)
 
 
-def _probs(alphas: Mapping[str, Tensor], space: SpaceConfig, tables: _Tables, estimator: str, tau: float) -> dict:
+def _hard_picks(alpha: Tensor, none: Tensor, nodes: int) -> Tensor:
+    """One-hot ``(E, K)``: per node, the (edge, op) pair :func:`~fnas.genotypes.derive_genotype` keeps.
+
+    The same computation as ``derive_genotype`` (float64 softmax per edge, ``none`` excluded, the
+    first maximum of the node's flattened block), so the picks agree with it exactly, ties included.
+    """
+    probs = torch.softmax(alpha.detach().double(), dim=-1).masked_fill(none.to(alpha.device), -1.0)
+    blocks, row = [], 0
+    for j in range(1, nodes + 1):
+        block = probs[row : row + j].reshape(-1)  # (j * K,)
+        blocks.append(torch.nn.functional.one_hot(block.argmax(), block.numel()).reshape(j, -1))
+        row += j
+    return torch.cat(blocks).to(alpha.dtype)
+
+
+def _probs(
+    alphas: Mapping[str, Tensor],
+    space: SpaceConfig,
+    tables: _Tables,
+    estimator: str,
+    tau: float,
+    straight_through: bool = False,
+) -> dict:
     if estimator == "supernet":
         return {kind: torch.softmax(alphas[kind], dim=-1) for kind in ("normal", "reduce")}
-    return {kind: _pick_probs(alphas[kind], tables.none, space.nodes, tau) for kind in ("normal", "reduce")}
+    probs = {kind: _pick_probs(alphas[kind], tables.none, space.nodes, tau) for kind in ("normal", "reduce")}
+    if straight_through:  # value: the derived genotype's picks; gradient: the soft picks'
+        probs = {
+            kind: _hard_picks(alphas[kind], tables.none, space.nodes) + (p - p.detach()) for kind, p in probs.items()
+        }
+    return probs
 
 
 def _sram_steps(probs: dict, tables: _Tables) -> Tensor:
@@ -561,6 +588,7 @@ def expected_cost(
     estimator: Estimator = "genotype",
     tau: float = 1.0,
     sram_tau: float = 0.01,
+    straight_through: bool = False,
 ) -> Tensor:
     """The expected cost of the architecture the alphas describe; differentiable in ``alphas``.
 
@@ -596,7 +624,7 @@ def expected_cost(
         raise ValueError(f"tau and sram_tau must be positive, got tau={tau!r}, sram_tau={sram_tau!r}")
     _check_alphas(alphas, space)
     tables = _tables(space)
-    probs = _probs(alphas, space, tables, estimator, tau)
+    probs = _probs(alphas, space, tables, estimator, tau, straight_through)
     if metric == "sram":
         return _smooth_max(_sram_steps(probs, tables), sram_tau)
     total = torch.zeros((), dtype=probs["normal"].dtype, device=probs["normal"].device) + float(tables.fixed[metric])

@@ -142,4 +142,9 @@ def subsample(x: Tensor, stride: int) -> Tensor:
 
 def to_layout(x: Tensor) -> Tensor:
     """The activation layout used throughout: channels_last."""
-    return x.contiguous(memory_format=CHANNELS_LAST)
+    try:
+        return x.contiguous(memory_format=CHANNELS_LAST)
+    except RuntimeError:
+        # vmap over batched inputs cannot query memory formats ("NYI"); the kernels then run on
+        # whatever layout the batched tensor has, with the same results.
+        return x

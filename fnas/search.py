@@ -369,3 +369,37 @@ def _progress(loader, epoch: int, epochs: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(loader, desc=f"search {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+
+
+# --- many searches at once ------------------------------------------------------------------
+
+
+def stack_states(states: list[SearchState]) -> SearchState:
+    """Stack independent search states (e.g. different seeds) along a new leading axis."""
+    if not states:
+        raise ValueError("stack_states needs at least one state")
+    return tree.map(lambda *leaves: torch.stack(leaves), *states)
+
+
+def unstack_state(stacked: SearchState, index: int) -> SearchState:
+    """The ``index``-th search of a stacked state."""
+    return tree.map(lambda leaf: leaf[index], stacked)
+
+
+def vmapped_search_step(cfg: SearchConfig, *, shared_data: bool = True):
+    """``search_step`` over a stacked batch of states in one call, with ``torch.func.vmap``.
+
+    Args:
+        cfg: the static config all searches share.
+        shared_data: every search sees the same ``(train_batch, valid_batch)``; False: the batches
+            are stacked too (leading axis = search).
+
+    Returns:
+        ``step(stacked_state, train_batch, valid_batch) -> (stacked_state, stacked_metrics)``,
+        equal to running the searches one by one (tested). Useful for seed studies and for
+        filling a GPU with tiny networks.
+    """
+    import functools
+
+    data_dims = None if shared_data else 0
+    return torch.func.vmap(functools.partial(search_step, cfg=cfg), in_dims=(0, data_dims, data_dims))

@@ -32,15 +32,15 @@ from fnas import tree  # noqa: E402
 # (workload, space) -> rounds in (full, quick) mode; a warm-up call precedes the rounds.
 MIXED_ROUNDS = (30, 10)
 STEP_PLAN = [
-    ("step_baseline_fo", "default_1d", (5, 2)),
-    ("step_fnas_fo", "default_1d", (5, 2)),
-    ("step_fnas_fo_plain", "default_1d", (3, 2)),
+    ("step_baseline_fo", "default_1d", (4, 2)),
+    ("step_fnas_fo", "default_1d", (4, 2)),
+    ("step_fnas_fo_plain", "default_1d", (3, 1)),
     ("step_baseline_fd", "default_1d", (3, 2)),
     ("step_fnas_fd", "default_1d", (3, 2)),
     ("step_fnas_exact_k1", "default_1d", (3, 2)),
     ("step_fnas_exact_k2", "default_1d", (2, 1)),
-    ("step_fnas_exact_k3", "default_1d", (2, 0)),  # 0: skipped in --quick
-    ("step_fnas_fo", "darts_2d", (3, 2)),
+    ("step_fnas_exact_k3", "default_1d", (1, 0)),  # 0: skipped in --quick
+    ("step_fnas_fo", "darts_2d", (3, 1)),
 ]
 MEMORY_STEPS = [
     "step_baseline_fo",
@@ -54,6 +54,7 @@ MEMORY_STEPS = [
 ]
 ACCURACY_SPACES = ("small_1d", "default_1d")
 ACCURACY_BATCH = 32
+FLOP_BATCH = 8  # step FLOPs are counted at this batch and scaled by N / FLOP_BATCH (exactly linear in N)
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -81,7 +82,11 @@ def peak_rss_child(name: str, space: str) -> None:
     for _ in range(2):
         work.run()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"name": name, "space": space, "before_kib": before, "after_kib": after}))
+    hwm = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmHWM:", "VmRSS:")):
+            hwm[line.split(":")[0]] = int(line.split()[1])
+    print(json.dumps({"name": name, "space": space, "before_kib": before, "after_kib": after, **hwm}))
 
 
 def peak_rss(name: str, space: str = "default_1d") -> dict:
@@ -201,6 +206,17 @@ def main(argv=None) -> int:
     matmul = [W.matmul_gflops()]
     log(f"matmul 1024^2 fp32, 1 thread: {matmul[0]:.1f} GFLOP/s")
 
+    # memory first: a child's ru_maxrss starts at its parent's peak (Linux keeps it across fork and
+    # exec), so the children are spawned while this process is still small.
+    log("peak RSS (fresh subprocess per step type)")
+    memory = []
+    for name in MEMORY_STEPS:
+        if args.quick and name == "step_fnas_exact_k3":
+            continue
+        m = peak_rss(name)
+        memory.append(m)
+        log(f"  {name}: +{(m['after_kib'] - m['before_kib']) / 1024:.0f} MiB")
+
     # mixed ops ------------------------------------------------------------------------------
     log("mixed ops")
     mixed_names = [n for n in W.MIXED_OPS if n != "mixed_op_fnas_fused_compiled"]
@@ -243,28 +259,26 @@ def main(argv=None) -> int:
     for name, space in times:
         twin = W.step_twin(name) if name.startswith("step_") else "mixed_op_fnas_plain"
         if (twin, space) not in flops:
-            work = W.build(twin, space=space) if twin.startswith("step_") else W.build_mixed_op(twin)
-            flops[(twin, space)] = W.count_flops(work.run)
+            if twin.startswith("step_"):
+                scale = W.BATCH[space] / FLOP_BATCH
+                flops[(twin, space)] = round(scale * W.count_flops(W.build_step(twin, space=space, batch=FLOP_BATCH).run))
+            else:
+                flops[(twin, space)] = W.count_flops(W.build_mixed_op(twin).run)
             log(f"  {twin} [{space}]: {flops[(twin, space)] / 1e9:.2f} GFLOP")
+    flop_check = None
+    if not args.quick:  # the batch scaling, checked once at full batch
+        full = W.count_flops(W.build_step("step_fnas_fo_plain").run)
+        flop_check = (full, flops[("step_fnas_fo_plain", "default_1d")])
+        log(f"  check at batch 64: {full / 1e9:.3f} vs scaled {flop_check[1] / 1e9:.3f} GFLOP")
 
     # accuracy ---------------------------------------------------------------------------------
     log("hypergradient accuracy")
     accuracy = [row for space in ACCURACY_SPACES for row in accuracy_rows(space, log)]
 
-    # memory -----------------------------------------------------------------------------------
-    log("peak RSS (fresh subprocess per step type)")
-    memory = []
-    for name in MEMORY_STEPS:
-        if args.quick and name == "step_fnas_exact_k3":
-            continue
-        m = peak_rss(name)
-        memory.append(m)
-        log(f"  {name}: +{(m['after_kib'] - m['before_kib']) / 1024:.0f} MiB")
-
     load_end = os.getloadavg()
     elapsed = time.perf_counter() - t_start
-    text = render(args, times, works_labels(times), flops, max(matmul), matmul, compile_info, accuracy, memory,
-                  profiles, load_start, load_end, elapsed)
+    text = render(args, times, works_labels(times), flops, flop_check, max(matmul), matmul, compile_info, accuracy,
+                  memory, profiles, load_start, load_end, elapsed)
     Path(args.out).write_text(text)
     log(f"wrote {args.out} ({elapsed / 60:.1f} min)")
     return 0
@@ -280,7 +294,7 @@ def works_labels(times) -> dict:
     return labels
 
 
-def render(args, times, labels, flops, rate, matmul, compile_info, accuracy, memory, profiles, load_start, load_end,
+def render(args, times, labels, flops, flop_check, rate, matmul, compile_info, accuracy, memory, profiles, load_start, load_end,
            elapsed) -> str:
     t_min = {k: min(v) for k, v in times.items()}
     t_med = {k: statistics.median(v) for k, v in times.items()}
@@ -307,7 +321,11 @@ def render(args, times, labels, flops, rate, matmul, compile_info, accuracy, mem
         "and backward; BatchNorm, pooling and elementwise work are not counted) of ONE call of the plain "
         "(`fused=False` / per-edge `apply_mixed_op`) fnas implementation of the same computation; the "
         "baseline's first-order step counts as the fnas plain first-order step, its unrolled step as the "
-        "fnas plain finite-difference step.\n"
+        "fnas plain finite-difference step. Step FLOPs are counted at batch "
+        f"{FLOP_BATCH} and scaled to the real batch (convolution and matmul FLOPs are exactly linear in N)"
+        + (f"; checked at batch 64 for the first-order step: {flop_check[0]:,} counted vs {flop_check[1]:,} scaled."
+           if flop_check else ".")
+        + "\n"
     )
 
     L.append("## Times and achieved rate\n")
@@ -363,11 +381,15 @@ def render(args, times, labels, flops, rate, matmul, compile_info, accuracy, mem
         "Each in a fresh subprocess: `ru_maxrss` after 2 steps minus `ru_maxrss` right after building the "
         "state and batches = **peak RSS increase** (includes allocator caching and the autograd graph).\n"
     )
-    L.append("| step | peak RSS increase MiB | RSS after build MiB |")
-    L.append("|---|---:|---:|")
+    L.append(
+        "Cross-check: `VmHWM` (the child's own peak RSS, /proc/self/status) after the 2 steps. Linux carries a "
+        "parent's `ru_maxrss` into its children, so the children are spawned first, from a small parent.\n"
+    )
+    L.append("| step | peak RSS increase MiB | ru_maxrss after build MiB | VmHWM after 2 steps MiB |")
+    L.append("|---|---:|---:|---:|")
     for m in memory:
         L.append(f"| {W.STEP_LABELS[m['name']]} | {(m['after_kib'] - m['before_kib']) / 1024:,.0f} | "
-                 f"{m['before_kib'] / 1024:,.0f} |")
+                 f"{m['before_kib'] / 1024:,.0f} | {m.get('VmHWM', 0) / 1024:,.0f} |")
     L.append("")
 
     L.append("## Hypergradient accuracy\n")

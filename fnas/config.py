@@ -118,6 +118,9 @@ class SearchConfig:
     max_params: int | None = None  # budgets; a budget without penalty_mode turns its mode on
     max_macs: int | None = None
     max_sram_bytes: int | None = None
+    # beta-DARTS (Ye et al. 2022): weight of the beta-decay regulariser on the alphas, raised
+    # linearly from 0 to beta_weight over total_steps; 0 turns it off. The paper uses 50 (DARTS space).
+    beta_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, SpaceConfig):
@@ -148,6 +151,10 @@ class SearchConfig:
             object.__setattr__(self, "penalty_mode", tuple(self.penalty_mode))
         if not isinstance(self.penalty_weight, (int, float)) or self.penalty_weight < 0:
             raise ValueError(f"SearchConfig.penalty_weight must be >= 0, got {self.penalty_weight!r}")
+        if isinstance(self.beta_weight, bool) or not isinstance(self.beta_weight, (int, float)) or not (
+            0 <= self.beta_weight < float("inf")
+        ):
+            raise ValueError(f"SearchConfig.beta_weight must be a finite number >= 0, got {self.beta_weight!r}")
         self.penalty_metrics  # noqa: B018 - validates penalty_mode (unknown modes raise)
         if self.total_steps < 1 or self.warmup_steps < 0:
             raise ValueError(

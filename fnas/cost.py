@@ -98,6 +98,7 @@ __all__ = [
     "Cost",
     "OpCost",
     "check_budget",
+    "derive_within_budget",
     "expected_cost",
     "genotype_cost",
     "max_cost",
@@ -764,6 +765,179 @@ def check_budget(
                 f"genotype). Raise {arg} to at least {minimum}, or shrink the space (C={space.C}, "
                 f"layers={space.layers}, nodes={space.nodes}, stem_multiplier={space.stem_multiplier})"
             )
+
+
+# --- deriving a genotype within budget --------------------------------------------------------------
+
+
+class _Partial(NamedTuple):
+    score: float  # sum of the picked pairs' log-probabilities
+    cost: tuple  # (params, macs) of the budgeted additive metrics, picked pairs only
+    picks: tuple  # ((i, k), ...) per node so far
+
+
+def _pareto(partials: list, room: tuple) -> list:
+    """Drop partials over ``room`` and those another partial beats on score and every cost."""
+    kept: list = []
+    for p in sorted(partials, key=lambda p: (-p.score, p.cost)):
+        if any(c > r for c, r in zip(p.cost, room)):
+            continue
+        if not any(all(a <= b for a, b in zip(q.cost, p.cost)) for q in kept):
+            kept.append(p)
+    return kept
+
+
+def _knapsack(groups: list, room: tuple, start: list | None = None) -> list:
+    """Multiple-choice knapsack by Pareto dynamic programming: one item per group.
+
+    ``groups[g]`` lists ``(score, cost, pick)``; returns the Pareto set of complete choices
+    (exact: a dominated partial choice cannot end better than the partial that dominates it,
+    since what the remaining groups add does not depend on it). Costs are non-negative, so a
+    partial whose cost plus the remaining groups' cheapest items exceeds ``room`` is dropped.
+    """
+    dims = len(room)
+    rest = [tuple(0 for _ in range(dims))]  # cheapest completion of groups g.. per metric
+    for items in reversed(groups):
+        low = tuple(min(c[d] for _, c, _ in items) for d in range(dims)) if items else rest[0]
+        rest.insert(0, tuple(a + b for a, b in zip(low, rest[0])))
+    partials = start if start is not None else [_Partial(0.0, tuple(0 for _ in range(dims)), ())]
+    for g, items in enumerate(groups):
+        grown = [
+            _Partial(p.score + s, tuple(a + b for a, b in zip(p.cost, c)), p.picks + (pick,))
+            for p in partials
+            for s, c, pick in items
+        ]
+        bound = tuple(r - x for r, x in zip(room, rest[g + 1]))
+        partials = _pareto(grown, bound)
+    return partials
+
+
+def _cell_options(
+    kind: str, scores: Tensor, space: SpaceConfig, tables: _Tables, metrics: list, room: tuple, sram: int | None
+) -> list:
+    """The Pareto set of one cell type's choices: ``_Partial`` with one ``(i, k)`` pick per node."""
+    tab = tables.kinds[kind]
+    candidates = [k for k, is_none in enumerate(tables.none.tolist()) if not is_none]
+    n = space.nodes
+    table = {m: getattr(tab, m) for m in metrics}
+
+    def item(r: int, i: int, k: int):
+        return (float(scores[r, k]), tuple(int(table[m][r, k]) for m in metrics), (i, k))
+
+    if sram is None:
+        groups = [[item(j * (j - 1) // 2 + i, i, k) for i in range(j) for k in candidates] for j in range(1, n + 1)]
+        return _knapsack(groups, room)
+    # The peak depends on which states are live, i.e. on the input map (a_1..a_n); for a fixed map
+    # each node's ops are feasible or not on their own (the module docstring's schedule).
+    cells = [c for c in tables.cells if c.kind == kind]
+    if max(c.pre_step for c in cells) > sram:
+        return []
+    concat = range(n - space.multiplier + 1, n + 1)
+    options: list = []
+    for inputs in itertools.product(*(range(j) for j in range(1, n + 1))):
+        last = _last_uses(inputs, concat)
+        groups = []
+        for j, i in enumerate(inputs, start=1):
+            r = j * (j - 1) // 2 + i
+            group = []
+            for k in candidates:
+                worst = 0
+                for cell in cells:
+                    held = sum(cell.sizes[m] for m in range(j) if last[m] > j)
+                    read = cell.sizes[i] if last[i] == j else 0
+                    buffers = cell.scratch[r][k]
+                    worst = max(worst, held + read + buffers[0], held + max(buffers))
+                if worst <= sram:
+                    group.append(item(r, i, k))
+            groups.append(group)
+        if all(groups):
+            options = _pareto(options + _knapsack(groups, room), room)
+    return options
+
+
+def derive_within_budget(
+    alphas: Mapping[str, Tensor],
+    cfg: SpaceConfig | SearchConfig,
+    *,
+    max_params: int | None = None,
+    max_macs: int | None = None,
+    max_sram_bytes: int | None = None,
+    sram_bytes_per_elem: int = 1,
+) -> Genotype_CNN:
+    """The strongest genotype whose exact cost meets every budget: the search's hard guarantee.
+
+    :func:`~fnas.genotypes.derive_genotype` keeps, per node, the strongest (edge, op) pair; that
+    genotype is returned unchanged when it meets the budgets. Otherwise this picks, per node, one
+    pair so that the genotype's *exact* cost meets every budget and the sum over nodes of
+    ``log softmax(alpha_edge)_op`` (the log-probability of the genotype when each node draws its
+    pair in proportion to ``derive_genotype``'s scores) is largest. Params and MACs add up over
+    nodes (summed over the cells of each type), so this is a multiple-choice knapsack, solved
+    exactly by Pareto dynamic programming over the nodes of both cell types; a peak-SRAM budget is
+    met exactly by enumerating each cell type's input maps (``n!``, as :func:`min_cost` does) and,
+    per map, keeping only the ops whose kernel steps fit.
+
+    Args:
+        alphas: ``{"normal", "reduce"}`` architecture parameters.
+        cfg: the space, or a search config whose ``max_params`` / ``max_macs`` / ``max_sram_bytes``
+            are the budgets.
+        max_params, max_macs, max_sram_bytes: budgets that override the config's (None: the
+            config's, if any). SRAM in bytes.
+        sram_bytes_per_elem: 1 for int8 inference (the search's convention), 4 for float32.
+
+    Returns:
+        A :class:`Genotype_CNN`; ``derive_genotype(alphas, cfg)`` itself when no budget is set or
+        it meets them.
+
+    Raises:
+        ValueError: a budget below the space's cheapest genotype (naming the minimum, as
+            :func:`check_budget`), or alphas of the wrong shape.
+
+    References:
+        Sinha, Zoltners. The Multiple-Choice Knapsack Problem. Operations Research 27(3), 1979.
+    """
+    from fnas.genotypes import derive_genotype
+
+    space = space_of(cfg)
+    given = {"params": max_params, "macs": max_macs, "sram": max_sram_bytes}
+    budgets = dict(cfg.budgets) if isinstance(cfg, SearchConfig) else dict.fromkeys(METRICS)
+    budgets.update({m: b for m, b in given.items() if b is not None})
+    check_budget(space, budgets["params"], budgets["macs"], budgets["sram"], sram_bytes_per_elem=sram_bytes_per_elem)
+    _check_alphas(alphas, space)
+    genotype = derive_genotype(alphas, space)
+    if all(b is None for b in budgets.values()) or not _misses(genotype, space, budgets, sram_bytes_per_elem):
+        return genotype
+    tables = _tables(space)
+    metrics = [m for m in ("params", "macs") if budgets[m] is not None]
+    room = tuple(int(budgets[m]) - tables.fixed[m] for m in metrics)  # what the cells may spend
+    sram = None if budgets["sram"] is None else int(budgets["sram"]) // sram_bytes_per_elem
+    best = [_Partial(0.0, tuple(0 for _ in metrics), ())]
+    kinds = [kind for kind in ("normal", "reduce") if kind in tables.kinds]
+    for kind in kinds:
+        scores = torch.log_softmax(alphas[kind].detach().double().cpu(), dim=-1)
+        options = _cell_options(kind, scores, space, tables, metrics, room, sram)
+        best = _pareto(
+            [
+                _Partial(p.score + o.score, tuple(a + b for a, b in zip(p.cost, o.cost)), p.picks + (o.picks,))
+                for p in best
+                for o in options
+            ],
+            room,
+        )
+    if not best:  # unreachable after check_budget; kept as a clear error rather than an IndexError
+        raise ValueError(f"No genotype of this space meets the budgets {budgets}")
+    picks = dict(zip(kinds, max(best, key=lambda p: p.score).picks))
+    cells = {
+        kind: [(space.primitives[k], i) for i, k in picks[kind]] if kind in picks else list(getattr(genotype, kind))
+        for kind in ("normal", "reduce")
+    }
+    result = genotype._replace(normal=cells["normal"], reduce=cells["reduce"])
+    return result
+
+
+def _misses(genotype: Genotype_CNN, space: SpaceConfig, budgets: dict, sram_bytes_per_elem: int) -> bool:
+    exact = genotype_cost(genotype, space)
+    actual = {"params": exact.params, "macs": exact.macs, "sram": exact.peak_sram_bytes_int8 * sram_bytes_per_elem}
+    return any(b is not None and actual[m] > b for m, b in budgets.items())
 
 
 # --- the penalty -----------------------------------------------------------------------------

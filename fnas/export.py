@@ -109,15 +109,90 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
 
 
 def _strip_metadata(path: str | os.PathLike) -> None:
-    """Drop per-node debug metadata (stack traces with local paths, FX node dumps): a third of the
-    file, and nothing a runtime reads."""
+    """Drop per-node debug metadata (stack traces with local paths, FX node dumps: a third of the
+    file, and nothing a runtime reads) and fold BatchNorms that follow a concat of convolutions."""
     import onnx
 
     proto = onnx.load(os.fspath(path))
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
+    _fold_concat_bn(proto)
     onnx.save(proto, os.fspath(path))
+
+
+def _fold_concat_bn(proto) -> int:
+    """Fold ``BatchNormalization(Concat(Conv_1, ..., Conv_k))`` into the convolutions, exactly.
+
+    The factorised-reduce skip (two strided 1x1 convs, concatenated, then BatchNorm) has this shape;
+    the exporter's and onnxruntime's BN fusions only handle a BN right after one conv, so without
+    this the int8 model would keep a float BatchNorm in every reduction cell. Per output channel
+    ``c`` of conv ``k``: ``W'[c] = s[c] W[c]``, ``b'[c] = s[c] (b[c] - mean[c]) + beta[c]`` with
+    ``s = gamma / sqrt(var + eps)``.
+
+    Returns:
+        The number of BatchNorms folded.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+
+    def array(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    def set_array(name, value):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    folded = 0
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+        cat = producer.get(bn.input[0])
+        if cat is None or cat.op_type != "Concat" or consumers.get(cat.output[0]) != 1:
+            continue
+        axis = next((a.i for a in cat.attribute if a.name == "axis"), None)
+        convs = [producer.get(i) for i in cat.input]
+        if axis != 1 or any(c is None or c.op_type != "Conv" or consumers.get(c.output[0]) != 1
+                            or c.output[0] in outputs for c in convs):
+            continue
+        gamma, beta, mean, var = (array(i) for i in bn.input[1:5])
+        weights = [array(c.input[1]) for c in convs]
+        if any(v is None for v in (gamma, beta, mean, var, *weights)):
+            continue
+        if any(sum(1 for n in graph.node for i in n.input if i == c.input[1]) != 1 for c in convs):
+            continue  # a shared weight cannot be rescaled for one user
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        scale = gamma / np.sqrt(var + eps)
+        start = 0
+        for conv, w in zip(convs, weights):
+            stop = start + w.shape[0]
+            s = scale[start:stop]
+            bias = array(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], np.float32)
+            set_array(conv.input[1], w * s.reshape(-1, *([1] * (w.ndim - 1))))
+            new_bias = s * (bias - mean[start:stop]) + beta[start:stop]
+            if len(conv.input) > 2 and conv.input[2]:
+                set_array(conv.input[2], new_bias)
+            else:
+                name = f"{conv.output[0]}_folded_bias"
+                graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), name))
+                inits[name] = graph.initializer[-1]
+                if len(conv.input) == 2:
+                    conv.input.append(name)
+                else:
+                    conv.input[2] = name
+            start = stop
+        if start != gamma.shape[0]:
+            raise RuntimeError("concat channels do not match the BatchNorm; the graph is malformed")
+        # the concat now produces what the BatchNorm produced
+        cat.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded += 1
+    return folded
 
 
 def _initializer_bytes(path: str | os.PathLike) -> int:

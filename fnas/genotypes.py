@@ -132,8 +132,10 @@ def validate_genotype(genotype: Genotype_CNN, *, nodes: int | None = None, multi
             )
 
 
-def genotype_to_dict(genotype: Genotype_CNN) -> dict:
-    """A JSON-ready dict (ranges become lists)."""
+def genotype_to_dict(genotype: Genotype_CNN | dict) -> dict:
+    """A JSON-ready dict (ranges become lists); a dict in this form is returned normalised."""
+    if isinstance(genotype, dict):
+        genotype = genotype_from_dict(genotype)
     return {
         "normal": [[op, int(i)] for op, i in genotype.normal],
         "normal_concat": [int(c) for c in genotype.normal_concat],

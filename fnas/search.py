@@ -126,6 +126,10 @@ def arch_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg: 
         metrics["penalty"] = pen.detach()
         for metric in cfg.penalty_metrics:
             metrics[f"expected_{metric}"] = cost.expected_cost(state.alphas, cfg, metric=metric).detach()
+    if cfg.beta_weight:  # static config: no branching on tensor values
+        g_beta, beta = beta_decay_grad(state.alphas, state.step, cfg)
+        g_alpha = tree.add(g_alpha, g_beta)
+        metrics["beta_loss"] = beta
     alphas, a_opt = adam_update(
         g_alpha, state.a_opt, state.alphas, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
     )
@@ -143,6 +147,55 @@ def resource_penalty(alphas: dict, cfg: SearchConfig) -> Tensor:
         return torch.zeros(())
     budgets = {m: cfg.budgets[m] for m in cfg.penalty_metrics}
     return cost.penalty(alphas, cfg, mode=cfg.penalty_metrics, budget=budgets, weight=cfg.penalty_weight)
+
+
+def beta_decay(alphas: dict) -> Tensor:
+    """The beta-decay regulariser of beta-DARTS (unweighted).
+
+    ``L_beta = mean over cell types of mean over edges of logsumexp_k(alpha_(e,k))``: the smooth
+    maximum of each edge's alphas. Its gradient is ``softmax(alpha_e) / E``: every alpha decays in
+    proportion to its own softmax weight ("beta", hence beta-decay), which keeps the value and the
+    variance of the betas in check, so the supernet's ops keep competing on fair terms (the paper's
+    remedy for DARTS' collapse onto parameter-free ops). Averaging over both cell types equals the
+    mean over the stacked alphas, as in the reference code, so the paper's weight (50) carries over.
+
+    Args:
+        alphas: ``{"normal", "reduce"}``, each ``(num_edges, num_primitives)``.
+
+    Returns:
+        A 0-d tensor.
+
+    References:
+        Ye et al. beta-DARTS: Beta-Decay Regularization for Differentiable Architecture Search. CVPR 2022.
+    """
+    kinds = sorted(alphas)
+    return sum(torch.logsumexp(alphas[k], dim=-1).mean() for k in kinds) / len(kinds)
+
+
+def beta_schedule(step: Tensor, cfg: SearchConfig) -> Tensor:
+    """The beta-decay weight at ``step``: ``beta_weight * min(step / total_steps, 1)`` (linear from 0).
+
+    A pure function of the 0-d ``step`` tensor (no recompiles, no ``.item()``).
+    """
+    return cfg.beta_weight * (step.to(torch.float64) / cfg.total_steps).clamp(0.0, 1.0)
+
+
+def beta_decay_grad(alphas: dict, step: Tensor, cfg: SearchConfig) -> tuple[dict, Tensor]:
+    """Gradient and value of ``beta_schedule(step) * beta_decay(alphas)``, in closed form.
+
+    ``d/d alpha_(e,k) mean_e logsumexp(alpha_e) = softmax(alpha_e)_k / E`` for each cell type, and
+    the mean over the ``T`` cell types divides by ``T``. Tensor arithmetic only (compile-friendly).
+
+    Returns:
+        ``(grads, weighted_loss)``: a tree like ``alphas``, and a detached 0-d tensor.
+    """
+    kinds = sorted(alphas)
+    weight = beta_schedule(step, cfg)
+    grads = {
+        k: (weight.to(a.dtype) / (a.shape[0] * len(kinds))) * torch.softmax(a.detach(), dim=-1)
+        for k, a in alphas.items()
+    }
+    return grads, (weight.to(alphas[kinds[0]].dtype) * beta_decay({k: a.detach() for k, a in alphas.items()}))
 
 
 def weight_step(state: SearchState, train_batch: Any, *, cfg: SearchConfig):
@@ -203,16 +256,6 @@ class SearchResult(NamedTuple):
     budget_misses: list  # empty when the genotype meets every budget, else how it misses
 
 
-def _cycle(loader):
-    while True:
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise ValueError("The validation loader is empty; give it at least one batch")
-
-
 def check_batch(batch: Any, cfg: SearchConfig, *, what: str) -> None:
     """Validate one ``(x, y)`` batch against the space, before any training starts.
 
@@ -233,6 +276,76 @@ def check_batch(batch: Any, cfg: SearchConfig, *, what: str) -> None:
         )
 
 
+class _Position:
+    """Where a loader's iteration stands: the state of its ``generator`` when its current pass
+    began, and how many batches of that pass were taken. Restoring both replays the pass exactly.
+    A loader without a generator (a list, or a DataLoader shuffling from torch's global RNG, which
+    the library never reseeds) resumes at the right batch count but with fresh shuffles."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        gen = getattr(loader, "generator", None)
+        self.gen = gen if isinstance(gen, torch.Generator) else None
+        self.start_state: Tensor | None = None
+        self.taken = 0
+        self.it = None
+
+    def begin(self) -> None:
+        self.start_state = self.gen.get_state() if self.gen is not None else None
+        self.it = iter(self.loader)
+        self.taken = 0
+
+    def take(self):
+        batch = next(self.it)
+        self.taken += 1
+        return batch
+
+    def cycle(self):
+        """The next batch, starting a new pass when the current one is exhausted."""
+        if self.it is None:
+            self.begin()
+        try:
+            return self.take()
+        except StopIteration:
+            self.begin()
+            try:
+                return self.take()
+            except StopIteration:
+                raise ValueError("The validation loader is empty; give it at least one batch") from None
+
+    def save(self) -> dict:
+        now = self.gen.get_state() if self.gen is not None else None
+        return {"rng": self.start_state, "taken": self.taken, "rng_now": now}
+
+    def restore(self, saved: dict) -> None:
+        """Replay the current pass up to where it stood, then put the generator where it was (a
+        pass that had just ended must leave the next pass's shuffle to the same generator state)."""
+        if saved["rng"] is not None and self.gen is not None:
+            self.gen.set_state(saved["rng"])
+        self.begin()
+        for _ in range(saved["taken"]):
+            self.take()
+        if saved["rng_now"] is not None and self.gen is not None:
+            self.gen.set_state(saved["rng_now"])
+
+
+CHECKPOINT_FORMAT = "fnas-search-checkpoint/1"
+
+
+def load_checkpoint(path) -> dict:
+    """Read a search checkpoint written by :func:`run_search` (``torch.load(weights_only=True)``).
+
+    Raises:
+        ValueError: missing, truncated or foreign file.
+    """
+    from fnas.runs import safe_torch_load
+
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not an fnas search checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return data
+
+
 def run_search(
     cfg: SearchConfig,
     train_loader,
@@ -244,8 +357,10 @@ def run_search(
     progress: bool = True,
     compile: bool = False,
     on_epoch=None,
+    checkpoint=None,
+    checkpoint_every: int = 0,
+    resume=None,
     state: SearchState | None = None,
-    start_epoch: int = 0,
 ) -> SearchResult:
     """Search for ``epochs`` epochs over ``train_loader`` (alphas on batches of ``valid_loader``).
 
@@ -253,25 +368,37 @@ def run_search(
         cfg: the search config; ``total_steps`` is set here to ``epochs * len(train_loader)``.
         train_loader, valid_loader: iterables of ``(x, y)``; the validation loader is cycled.
         epochs: number of passes over ``train_loader``.
-        gen: initialises the supernet (unless ``state`` is given) and the final model.
+        gen: initialises the supernet and then the final model.
         device: where the search runs.
-        progress: show a tqdm bar per epoch with live loss, accuracy and lr.
-        compile: run ``torch.compile(search_step)`` (inductor) instead of the eager step.
-        on_epoch: optional ``callback(epoch, state, record)`` after each epoch (checkpoints, logs).
-        state, start_epoch: resume from a saved state at the start of ``start_epoch``.
+        progress: show a tqdm bar per epoch with live loss, accuracy, lr and expected cost.
+        compile: run ``torch.compile`` of the whole step (inductor) instead of the eager step.
+        on_epoch: optional ``callback(epoch, state, record)`` after each epoch (logs, plots).
+        checkpoint: path of the checkpoint file; written atomically at the end of every epoch and
+            every ``checkpoint_every`` steps (0: epoch ends only).
+        resume: path of a checkpoint to continue from. With loaders that shuffle from a
+            ``torch.Generator`` (or torch's default one), the resumed search is bitwise equal to an
+            uninterrupted one.
+        state: start from this state instead of a fresh ``init_search(cfg, gen)``.
 
     Returns:
         A :class:`SearchResult`.
 
     Raises:
-        ValueError: bad arguments or data that does not fit the space (checked before training).
-        FloatingPointError: a non-finite loss, naming the step.
+        ValueError: bad arguments, data that does not fit the space, an unreachable budget (all
+            checked before training), or a checkpoint that does not match ``cfg``.
+        FloatingPointError: a non-finite loss or gradient, naming the step; the last checkpoint
+            (written before that step) stays intact.
     """
-    from fnas.genotypes import derive_genotype
+    import dataclasses
+
+    from fnas.genotypes import derive_genotype, genotype_to_dict
     from fnas.model import NetworkCnn
+    from fnas.runs import atomic_torch_save
 
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("The training loader is empty; give it at least one batch")
@@ -281,26 +408,73 @@ def run_search(
     if cfg.penalty_metrics:
         # an unreachable budget fails now, naming the minimum, not after hours of search
         cost.check_budget(cfg, cfg.max_params, cfg.max_macs, cfg.max_sram_bytes)
-    if state is None:
-        state = init_search(cfg, gen)
-    state = tree.map(lambda t: t.to(device), state)
-    step_fn = torch.compile(search_step) if compile else search_step
-
+    cfg_record = dataclasses.asdict(cfg)
     space = cfg.space
+    train_pos, valid_pos = _Position(train_loader), _Position(valid_loader)
     history: list = []
     alpha_history: list = []
-    valid_iter = _cycle(valid_loader)
+    start_epoch, skip, sums, counts = 0, 0, {}, {}
+    if resume is not None:
+        saved = load_checkpoint(resume)
+        # the space and the schedule's length must match; optimiser settings may change (e.g. a
+        # lower lr after a divergence)
+        diff = [k for k in ("space", "total_steps") if saved["cfg"].get(k) != cfg_record[k]]
+        if diff:
+            raise ValueError(f"Checkpoint {str(resume)!r} was written for a different search space or schedule "
+                             f"(fields {diff}); resume with the run's own space, data and epochs")
+        state = state_from_dict(saved["state"])
+        gen.set_state(saved["gen"])
+        start_epoch, skip = saved["epoch"], saved["batch"]
+        history, alpha_history = saved["history"], saved["alpha_history"]
+        sums, counts = saved["sums"], saved["counts"]
+        valid_pos.restore(saved["valid_pos"])
+    elif state is None:
+        state = init_search(cfg, gen)
+    state = tree.map(lambda t: t.to(device), state)
+    step_fn = search_step
+    if compile:
+        import functools
+
+        step_fn = torch.compile(functools.partial(search_step, cfg=cfg))
+
+    def save(epoch: int, batch: int) -> None:
+        if checkpoint is None:
+            return
+        atomic_torch_save(checkpoint, {
+            "format": CHECKPOINT_FORMAT,
+            "cfg": cfg_record,
+            "state": tree.map(lambda t: t.detach().cpu(), state_to_dict(state)),
+            "epoch": epoch,
+            "batch": batch,
+            "train_pos": train_pos.save(),
+            "valid_pos": valid_pos.save(),
+            "gen": gen.get_state(),
+            "history": history,
+            "alpha_history": alpha_history,
+            "sums": sums,
+            "counts": counts,
+        })
+
+    if resume is None:
+        save(0, 0)  # resumable from the very start
     for epoch in range(start_epoch, epochs):
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        bar = _progress(train_loader, epoch, epochs, progress)
-        for i, (x, y) in enumerate(bar):
-            vx, vy = next(valid_iter)
+        resuming_mid_epoch = resume is not None and epoch == start_epoch and skip > 0
+        if resume is not None and epoch == start_epoch:
+            train_pos.restore(saved["train_pos"])
+        if not resuming_mid_epoch:
+            train_pos.begin()
+            sums, counts = {}, {}
+        bar = _progress(steps_per_epoch, epoch, epochs, progress, initial=train_pos.taken)
+        for i in range(train_pos.taken, steps_per_epoch):
+            x, y = train_pos.take()
+            vx, vy = valid_pos.cycle()
             train_batch, valid_batch = (x.to(device), y.to(device)), (vx.to(device), vy.to(device))
             if int(state.step) < cfg.warmup_steps:
-                state, metrics = weight_step(state, train_batch, cfg=cfg)
+                new_state, metrics = weight_step(state, train_batch, cfg=cfg)
+            elif compile:
+                new_state, metrics = step_fn(state, train_batch, valid_batch)
             else:
-                state, metrics = step_fn(state, train_batch, valid_batch, cfg=cfg)
+                new_state, metrics = step_fn(state, train_batch, valid_batch, cfg=cfg)
             values = {k: float(v) for k, v in metrics.items()}
             if not all(map(_finite, values.values())):
                 bad = {k: v for k, v in values.items() if not _finite(v)}
@@ -308,10 +482,12 @@ def run_search(
                     f"Non-finite values at step {int(state.step)} (epoch {epoch}, batch {i}): {bad}; "
                     "lower lr or arch_lr, or raise grad_clip, and resume from the last checkpoint"
                 )
+            state = new_state
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
-            if progress:
+            if bar is not None:
+                bar.update(1)
                 live = {k: sums[k] / counts[k] for k in sums}
                 postfix = {"loss": f"{live['train_loss']:.3f}", "acc": f"{live['train_acc']:.3f}"}
                 if "valid_acc" in live:
@@ -320,11 +496,17 @@ def run_search(
                     if f"expected_{metric}" in values:
                         postfix[metric] = f"{values[f'expected_{metric}']:.3g}"
                 bar.set_postfix(postfix, refresh=False)
+            if checkpoint_every and int(state.step) % checkpoint_every == 0 and i + 1 < steps_per_epoch:
+                save(epoch, i + 1)
+        if bar is not None:
+            bar.close()
         record = {k: v / counts[k] for k, v in sums.items()}
         genotype = derive_genotype(state.alphas, space)
-        record.update(epoch=epoch, step=int(state.step), genotype=genotype)
+        record.update(epoch=epoch, step=int(state.step), genotype=genotype_to_dict(genotype))
         history.append(record)
         alpha_history.append({k: torch.softmax(a.detach().cpu(), -1) for k, a in state.alphas.items()})
+        sums, counts = {}, {}
+        save(epoch + 1, 0)
         if on_epoch is not None:
             on_epoch(epoch, state, record)
 
@@ -363,12 +545,12 @@ def _finite(v: float) -> bool:
     return v == v and v not in (float("inf"), float("-inf"))
 
 
-def _progress(loader, epoch: int, epochs: int, enabled: bool):
+def _progress(total: int, epoch: int, epochs: int, enabled: bool, *, initial: int = 0):
     if not enabled:
-        return loader
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=f"search {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=f"search {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
 
 
 # --- many searches at once ------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fnas import tree
-from fnas.genotypes import Genotype_CNN, validate_genotype
+from fnas.genotypes import genotype_to_dict, Genotype_CNN, validate_genotype
 from fnas.model import NetworkCnn
 from fnas.search import (
     SearchState,
@@ -209,7 +209,7 @@ def test_run_search_reports_non_finite_loss():
     cfg = tiny_search()
     x, y = make_batch(cfg.space)
     x[0, 0, 0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match=r"Non-finite values at step 1"):
+    with pytest.raises(FloatingPointError, match=r"Non-finite values at step 0 \(epoch 0, batch 0\)"):
         run_search(cfg, [(x, y)], [make_batch(cfg.space)], epochs=1, gen=make_gen(0), progress=False)
 
 
@@ -250,7 +250,7 @@ def test_run_search_end_to_end():
             assert probs[kind].shape == (cfg.space.num_edges, len(cfg.space.primitives))
             torch.testing.assert_close(probs[kind].sum(-1), torch.ones(cfg.space.num_edges), rtol=1e-6, atol=1e-6)
     assert int(result.state.step) == 4
-    assert result.history[-1]["genotype"] == result.genotype
+    assert result.history[-1]["genotype"] == genotype_to_dict(result.genotype)  # JSON-ready in records
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
     assert isinstance(result.model, NetworkCnn) and result.model.genotype == result.genotype
     x, _ = make_batch(cfg.space)

@@ -35,6 +35,7 @@ class SpaceConfig:
     primitives: tuple[str, ...] = P.SEED_KX1
     pool_bn: bool = True  # DARTS puts an affine-free BatchNorm after pools in the search net
     fused: bool = True  # batch the mixed ops of all edges leaving a state (same result, faster)
+    partial_channels: int = 1  # PC-DARTS K: mixed ops see C/K channels; K > 1 adds edge betas
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -70,6 +71,14 @@ class SpaceConfig:
             raise ValueError("SpaceConfig.primitives needs at least one primitive besides 'none'")
         if "skip_connect" in self.primitives and self.C % 2:
             raise ValueError(f"skip_connect in a reduction cell needs an even C, got C={self.C}")
+        K = self.partial_channels
+        if not isinstance(K, int) or K < 1 or self.C % K:
+            raise ValueError(f"SpaceConfig.partial_channels must be a positive divisor of C={self.C}, got {K!r}")
+        if K > 1 and "skip_connect" in self.primitives and (self.C // K) % 2:
+            raise ValueError(
+                f"partial_channels={K} leaves C/K={self.C // K} channels per mixed op; skip_connect's "
+                "factorized reduce needs an even number: pick K so that C/K is even"
+            )
 
     @property
     def is_1d(self) -> bool:

@@ -48,6 +48,10 @@ def require_export_deps() -> None:
             __import__(module)
         except ImportError:
             missing.append(module)
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5):
+        raise MissingDependencyError(
+            f"export needs torch >= 2.5 (its torch.export-based ONNX exporter); found {torch.__version__}"
+        )
     if missing:
         raise MissingDependencyError(
             f"export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "

@@ -49,9 +49,11 @@ def derive_genotype(
     Raises:
         ValueError: alphas of the wrong shape, or a space whose only primitive is ``none``.
     """
-    from fnas.supernet import space_of
+    from fnas.supernet import edge_weights, space_of
 
     space = space_of(cfg)
+    if betas is None and "edge_normal" in alphas:  # PC-DARTS: fold the edge weights in
+        betas = {"normal": alphas["edge_normal"], "reduce": alphas["edge_reduce"]}
     expected = (space.num_edges, len(space.primitives))
     cells = {}
     for kind in ("normal", "reduce"):
@@ -60,19 +62,10 @@ def derive_genotype(
             raise ValueError(f"alphas[{kind!r}] must have shape {expected} for this space, got {got}")
         probs = torch.softmax(alphas[kind].detach().double(), dim=-1)
         if betas is not None:
-            probs = probs * _edge_weights(betas[kind].detach().double(), space.nodes)[:, None]
+            probs = probs * edge_weights(betas[kind].detach().double(), space.nodes)[:, None]
         cells[kind] = _cell(probs, space.primitives, space.nodes)
     concat = range(space.nodes - space.multiplier + 1, space.nodes + 1)
     return Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
-
-
-def _edge_weights(betas: torch.Tensor, nodes: int) -> torch.Tensor:
-    """Softmax of the betas over each node's incoming edges (PC-DARTS edge normalisation)."""
-    out, start = [], 0
-    for j in range(1, nodes + 1):
-        out.append(torch.softmax(betas[start : start + j], dim=0))
-        start += j
-    return torch.cat(out)
 
 
 def _cell(probs: torch.Tensor, primitives: Sequence[str], nodes: int) -> list[tuple[str, int]]:

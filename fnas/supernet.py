@@ -13,6 +13,7 @@ References:
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from fnas import layers as L
 from fnas.config import SearchConfig, SpaceConfig
@@ -83,7 +84,7 @@ def init_supernet(
         for i, j in cfg.edges():
             stride = 2 if reduction and i == 0 else 1
             cw["edges"][edge_key(i, j)], cs["edges"][edge_key(i, j)] = init_mixed_op(
-                gen, c, stride, cfg.primitives, pool_bn=cfg.pool_bn, dtype=dtype
+                gen, c // cfg.partial_channels, stride, cfg.primitives, pool_bn=cfg.pool_bn, dtype=dtype
             )
         weights["cells"][f"c{layer}"], stats["cells"][f"c{layer}"] = cw, cs
     c_last = cfg.multiplier * cell_plan(cfg)[-1][2]
@@ -93,6 +94,9 @@ def init_supernet(
         "normal": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
         "reduce": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
     }
+    if cfg.partial_channels > 1:  # PC-DARTS edge normalisation weights
+        alphas["edge_normal"] = 1e-3 * torch.randn(cfg.num_edges, generator=gen, dtype=dtype)
+        alphas["edge_reduce"] = 1e-3 * torch.randn(cfg.num_edges, generator=gen, dtype=dtype)
     return weights, alphas, stats
 
 
@@ -130,15 +134,18 @@ def apply_supernet(
     """
     cfg = space_of(cfg)
     h, new_stats = apply_stem(weights, stats, L.to_layout(x), cfg=cfg, train=train)
-    mix = {kind: torch.softmax(a, dim=-1) for kind, a in alphas.items()}
+    mix = {kind: torch.softmax(alphas[kind], dim=-1) for kind in ("normal", "reduce")}
+    edge_mix = {kind: edge_weights(alphas[f"edge_{kind}"], cfg.nodes) for kind in ("normal", "reduce")} if (
+        cfg.partial_channels > 1) else {"normal": None, "reduce": None}
     new_stats["cells"] = {}
     for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
         name = f"c{layer}"
         cw, cs = weights["cells"][name], stats["cells"][name]
         s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train)
-        w = mix["reduce" if reduction else "normal"]
+        kind = "reduce" if reduction else "normal"
         cell = apply_cell_fused if cfg.fused else apply_cell_plain
-        states, edge_stats = cell(cw["edges"], cs["edges"], s0, w, cfg=cfg, reduction=reduction, train=train)
+        states, edge_stats = cell(cw["edges"], cs["edges"], s0, mix[kind], cfg=cfg, reduction=reduction, train=train,
+                                  edge_w=edge_mix[kind])
         h = torch.cat(states[cfg.nodes - cfg.multiplier + 1 :], dim=1)
         new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
     logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
@@ -146,7 +153,8 @@ def apply_supernet(
 
 
 def apply_cell_plain(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    edge_w: Tensor | None = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes edge by edge, primitive by primitive: the reference implementation.
 
@@ -159,16 +167,19 @@ def apply_cell_plain(
         node = None
         for i in range(j):
             key = edge_key(i, j)
+            stride = 2 if reduction and i == 0 else 1
+            xa, xb = partial_split(states[i], cfg.partial_channels, stride)
             y, new[key] = apply_mixed_op(
                 params[key],
                 stats[key],
-                states[i],
+                xa,
                 w[edge_row(i, j)],
                 primitives=cfg.primitives,
-                stride=2 if reduction and i == 0 else 1,
+                stride=stride,
                 train=train,
                 pool_bn=cfg.pool_bn,
             )
+            y = partial_merge(y, xa, xb, stride, None if edge_w is None else edge_w[edge_row(i, j)])
             if y is not None:
                 node = y if node is None else node + y
         states.append(_zero_node(node, s0, reduction))
@@ -176,7 +187,8 @@ def apply_cell_plain(
 
 
 def apply_cell_fused(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    edge_w: Tensor | None = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes source by source: when state ``i`` is known, every edge leaving it runs at once
     (:func:`fnas.mixed_op.apply_edges_fused`) and adds into the partial sums of nodes ``i+1..n``.
@@ -189,22 +201,59 @@ def apply_cell_fused(
     for i in range(n):
         targets = list(range(i + 1, n + 1))
         keys = [edge_key(i, j) for j in targets]
+        stride = 2 if reduction and i == 0 else 1
+        xa, xb = partial_split(states[i], cfg.partial_channels, stride)
         outs, edge_stats = apply_edges_fused(
             [params[k] for k in keys],
             [stats[k] for k in keys],
-            states[i],
+            xa,
             w[[edge_row(i, j) for j in targets]],
             primitives=cfg.primitives,
-            stride=2 if reduction and i == 0 else 1,
+            stride=stride,
             train=train,
             pool_bn=cfg.pool_bn,
         )
         for j, key, out, st in zip(targets, keys, outs, edge_stats):
             new[key] = st
+            out = partial_merge(out, xa, xb, stride, None if edge_w is None else edge_w[edge_row(i, j)])
             if out is not None:
                 partial[j] = out if partial[j] is None else partial[j] + out
         states.append(_zero_node(partial[i + 1], s0, reduction))
     return states, new
+
+
+def partial_split(x: Tensor, K: int, stride: int) -> tuple[Tensor, Tensor | None]:
+    """PC-DARTS: the first ``C/K`` channels go through the mixed op, the rest bypass it (max-pooled
+    2x when the edge is strided; ceil mode, so the grid matches the ops' ``ceil(T / 2)``).
+
+    References:
+        Xu et al. PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture Search. ICLR 2020.
+    """
+    if K == 1:
+        return x, None
+    c = x.shape[1] // K
+    xa, xb = x[:, :c], x[:, c:]
+    if stride > 1:
+        window = (2, 1) if x.shape[-1] == 1 else (2, 2)
+        xb = torch.nn.functional.max_pool2d(xb, window, window, ceil_mode=True)
+    return xa, xb
+
+
+def partial_merge(y: Tensor | None, xa: Tensor, xb: Tensor | None, stride: int, edge_w: Tensor | None) -> Tensor | None:
+    """PC-DARTS: concatenate the mixed op's output with the bypass channels, shuffle the channels
+    (groups of K interleave, so the next edge sees a different 1/K), weight by the edge weight."""
+    if xb is None:
+        return y
+    if y is None:
+        y = L.subsample(xa, stride) * 0.0
+    K = (y.shape[1] + xb.shape[1]) // y.shape[1]
+    out = rearrange(torch.cat([y, xb], dim=1), "n (g c) h w -> n (c g) h w", g=K)
+    return out * edge_w
+
+
+def edge_weights(betas: Tensor, nodes: int) -> Tensor:
+    """Softmax of the PC-DARTS edge betas over each node's incoming edges, in edge-row order."""
+    return torch.cat([torch.softmax(betas[j * (j - 1) // 2 : j * (j + 1) // 2], dim=0) for j in range(1, nodes + 1)])
 
 
 def edge_row(i: int, j: int) -> int:

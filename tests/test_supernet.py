@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fnas import layers as L
 from fnas import primitives as P
 from fnas import tree
-from fnas.config import SearchConfig
+from fnas.config import SearchConfig, SpaceConfig
 from fnas.supernet import apply_supernet, init_supernet
 
 from conftest import make_batch, make_gen, tiny_space, tiny_space_2d, tol
@@ -208,3 +208,60 @@ def test_reduction_cells_at_one_and_two_thirds(temp_primitives, layers):
     # The head reads multiplier * C * 2^(number of reductions) channels.
     head = [t for t in tree.leaves(weights) if t.ndim == 2]
     assert [tuple(t.shape) for t in head] == [(space.num_classes, space.multiplier * space.C * 2 ** len(reductions))]
+
+
+# --- PC-DARTS partial channels -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("primitives", [P.SEED_KX1, P.SEED_KX1 + P.KX1_EXTRA], ids=["seed", "seed+extra"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_partial_channels_fused_equals_plain(primitives, train):
+    import dataclasses
+
+    space = SpaceConfig(C=8, num_classes=3, layers=4, in_channels=2, input_shape=(33, 1), primitives=primitives,
+                        partial_channels=2)
+    weights, alphas, stats = init_supernet(space, torch.Generator().manual_seed(0), dtype=torch.float64)
+    alphas = tree.map(lambda t: torch.randn(t.shape, generator=torch.Generator().manual_seed(1), dtype=t.dtype),
+                      alphas)
+    x = torch.randn(5, 2, 33, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fused, _ = apply_supernet(weights, alphas, stats, x, cfg=space, train=train)
+    plain, _ = apply_supernet(weights, alphas, stats, x, cfg=dataclasses.replace(space, fused=False), train=train)
+    torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_partial_channels_mixed_ops_see_a_quarter_and_betas_get_gradients():
+    space = SpaceConfig(C=8, num_classes=3, layers=3, in_channels=2, input_shape=(16, 1), nodes=2, multiplier=2,
+                        partial_channels=4, primitives=("none", "conv_bn_relu_3x1", "max_pool_3x1"))
+    weights, alphas, stats = init_supernet(space, torch.Generator().manual_seed(0))
+    assert set(alphas) == {"normal", "reduce", "edge_normal", "edge_reduce"}
+    assert alphas["edge_normal"].shape == (space.num_edges,)
+    conv = [t for k, t in tree.flatten_dict(weights).items()
+            if k.startswith("cells.c0.") and k.endswith("conv_bn_relu_3x1.conv.weight")]
+    assert conv and all(t.shape[:2] == (2, 2) for t in conv)  # the first cell's C/K = 8/4 channels in and out
+    x = torch.randn(4, 2, 16, 1)
+    grads = torch.func.grad(lambda a: apply_supernet(weights, a, stats, x, cfg=space, train=True)[0].square().mean())(
+        alphas)
+    assert grads["edge_normal"].abs().sum() > 0 and grads["edge_reduce"].abs().sum() > 0
+
+
+def test_partial_channels_betas_fold_into_the_genotype():
+    from fnas.genotypes import derive_genotype
+
+    space = SpaceConfig(C=8, num_classes=3, layers=3, in_channels=2, input_shape=(16, 1), nodes=2, multiplier=2,
+                        partial_channels=2, primitives=("none", "conv_bn_relu_3x1", "max_pool_3x1"))
+    E, ops = space.num_edges, len(space.primitives)  # edges: 0->1, 0->2, 1->2
+    alphas = {"normal": torch.zeros(E, ops), "reduce": torch.zeros(E, ops)}
+    alphas["normal"][1, 1] = 1.0  # conv on 0->2 is the strongest op of node 2 ...
+    alphas["normal"][2, 2] = 0.9  # ... unless the edge weights say 1->2 matters more
+    alphas["edge_normal"] = torch.zeros(E)
+    alphas["edge_reduce"] = torch.zeros(E)
+    assert derive_genotype(alphas, space).normal[1] == ("conv_bn_relu_3x1", 0)
+    alphas["edge_normal"][2] = 3.0
+    assert derive_genotype(alphas, space).normal[1] == ("max_pool_3x1", 1)
+
+
+@pytest.mark.parametrize("C, K, match", [(8, 3, "divisor of C=8"), (4, 4, "C/K=1 channels")],
+                         ids=["not-a-divisor", "odd-share-with-skip"])
+def test_partial_channels_validation(C, K, match):
+    with pytest.raises(ValueError, match=match):
+        SpaceConfig(C=C, partial_channels=K)

@@ -107,7 +107,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=_FMT,
     )
     _add_data(s, d["data"])
-    s.add_argument("--config", type=Path, help="replay a run: a run folder or its config.json (options given here override it)")
+    s.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue a killed or crashed search from RUN/checkpoint.pt, with its saved options "
+                   "(exactly: the result equals an uninterrupted run); options given here override them, e.g. "
+                   "a lower --lr after a divergence")
+    s.add_argument("--checkpoint-every", type=int, default=50, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (0: only at the end of every epoch)")
+    s.add_argument("--config", type=Path,
+                   help="replay a run: a run folder or its config.json (options given here override it)")
     s.add_argument("--out", type=Path, help="run folder to create (default: runs/<data>-<time>)")
     s.add_argument("--epochs", type=int, default=d["epochs"], help="search epochs")
     s.add_argument("--train-epochs", type=int, default=d["train_epochs"],
@@ -166,13 +173,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_data(t, None, note=" (default: the run's dataset; 'watch' for a genotype file)")
     t.add_argument("--out", type=Path, help="new run folder to write (default: the run folder itself; "
                    "runs/train-<name>-<time> for a genotype file)")
-    t.add_argument("--epochs", type=int, help=f"training epochs (default: the run's --train-epochs, else {d['train_epochs']})")
+    t.add_argument("--epochs", type=int,
+                   help=f"training epochs (default: the run's --train-epochs, else {d['train_epochs']})")
     t.add_argument("--batch-size", type=int, help=f"batch size (default: the run's, else {d['batch_size']})")
-    t.add_argument("--lr", type=float, help=f"initial learning rate (default: the run's --train-lr, else {d['train_lr']})")
+    t.add_argument("--lr", type=float,
+                   help=f"initial learning rate (default: the run's --train-lr, else {d['train_lr']})")
     t.add_argument("--seed", type=int, help=f"random seed (default: the run's, else {d['seed']})")
     t.add_argument("--C", type=int, help=f"initial channels (default: the run's, else {d['C']})")
     t.add_argument("--layers", type=int, help=f"cells (default: the run's, else {d['layers']})")
-    t.add_argument("--stem-multiplier", type=int, help=f"stem width = this * C (default: the run's, else {d['stem_multiplier']})")
+    t.add_argument("--stem-multiplier", type=int,
+                   help=f"stem width = this * C (default: the run's, else {d['stem_multiplier']})")
     _add_runtime(t)
 
     # show -------------------------------------------------------------------------------------
@@ -473,17 +483,29 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     from fnas.cost import check_budget, genotype_cost
     from fnas.genotypes import genotype_to_dict, save_genotype
     from fnas.runs import append_jsonl, atomic_torch_save, atomic_write_json
-    from fnas.search import run_search, state_to_dict
+    from fnas.search import run_search
     from fnas.train import TrainConfig, evaluate, train_model
 
+    resume_dir = args.resume
+    if resume_dir is not None:
+        # a crashed or killed run continues from its checkpoint with its own saved options
+        if not (resume_dir / "config.json").is_file() or not (resume_dir / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume {str(resume_dir)!r} is not a search run folder (no config.json and "
+                             "checkpoint.pt there)")
+        if (resume_dir / "genotype.json").is_file():
+            raise ValueError(f"--resume {str(resume_dir)!r}: that search already finished (genotype.json "
+                             "exists); use `fnas train` or `fnas show` on it")
+        args.config = resume_dir
     args = _config_args(args, argv)
     log = _log(args.quiet)
     _positive(epochs=args.epochs, batch_size=args.batch_size)
+    if args.checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0 (0: end of every epoch only), got {args.checkpoint_every}")
     if args.train_epochs < 0:
         raise ValueError(f"--train-epochs must be >= 0 (0: search only), got {args.train_epochs}")
     _threads(args)
     device = _device(args.device)
-    if args.out is not None:
+    if args.out is not None and resume_dir is None:
         _check_out(args.out, "pass another --out")
 
     t0 = time.time()
@@ -536,20 +558,24 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         check_budget(cfg, cfg.max_params, cfg.max_macs, cfg.max_sram_bytes)
     train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr) if args.train_epochs else None
 
-    out = args.out or Path("runs") / f"{Path(str(args.data)).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    _check_out(out, "pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    cli_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "command"}
-    atomic_write_json(out / "config.json", {
-        "command": "search", "cli": cli_args, "search": dataclasses.asdict(cfg),
-        "train": dataclasses.asdict(train_cfg) if train_cfg else None, "dataset": ds.summary(),
-    })
-    log(f"run folder: {out}")
+    if resume_dir is not None:
+        out = resume_dir
+        log(f"resuming {out} from its checkpoint")
+    else:
+        out = args.out or Path("runs") / f"{Path(str(args.data)).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        _check_out(out, "pass another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        cli_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    if k not in ("command", "resume")}
+        atomic_write_json(out / "config.json", {
+            "command": "search", "cli": cli_args, "search": dataclasses.asdict(cfg),
+            "train": dataclasses.asdict(train_cfg) if train_cfg else None, "dataset": ds.summary(),
+        })
+        log(f"run folder: {out}")
 
     def on_epoch(epoch, state, record):
         rec = dict(record, genotype=genotype_to_dict(record["genotype"]))
         append_jsonl(out / "metrics.jsonl", {"phase": "search", **rec})
-        atomic_torch_save(out / "checkpoint.pt", {"epoch": epoch, "state": state_to_dict(state)})
         if args.quiet:
             costs = "".join(f", expected {k[len('expected_'):]} {v:,.0f}" for k, v in rec.items()
                             if k.startswith("expected_"))
@@ -561,7 +587,9 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # budget misses are reported below, not as a warning
         result = run_search(cfg, train_loader, valid_loader, epochs=args.epochs, gen=gen, device=device,
-                            progress=not args.quiet, on_epoch=on_epoch)
+                            progress=not args.quiet, on_epoch=on_epoch, checkpoint=out / "checkpoint.pt",
+                            checkpoint_every=args.checkpoint_every,
+                            resume=out / "checkpoint.pt" if resume_dir is not None else None)
     t_search = time.time() - t0
     save_genotype(result.genotype, out / "genotype.json")
     atomic_torch_save(out / "alphas.pt", result.alpha_history)
@@ -782,7 +810,8 @@ def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
     search = [r for r in records if r.get("phase") == "search"]
     if search:
         last = search[-1]
-        lines.append(f"search    {len(search)} epochs; last: supernet train acc {last.get('train_acc', float('nan')):.3f}"
+        lines.append(f"search    {len(search)} epochs; last: supernet train acc "
+                     f"{last.get('train_acc', float('nan')):.3f}"
                      + (f", valid acc {last['valid_acc']:.3f}" if "valid_acc" in last else ""))
     if isinstance(summary.get("test_acc"), (int, float)) and (run.path / "model.pt").is_file():
         lines.append(f"accuracy  {summary['test_acc']:.4f} on the held-out test split"

@@ -69,11 +69,17 @@ def _quiet_exporter():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)  # sessions the quantiser opens: errors only
+    except ImportError:
+        pass
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -173,7 +179,7 @@ def _fold_concat_bn(proto) -> int:
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         scale = gamma / np.sqrt(var + eps)
         start = 0
-        for conv, w in zip(convs, weights):
+        for conv, w in zip(convs, weights, strict=True):
             stop = start + w.shape[0]
             s = scale[start:stop]
             bias = array(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], np.float32)
@@ -196,6 +202,10 @@ def _fold_concat_bn(proto) -> int:
         cat.output[0] = bn.output[0]
         graph.node.remove(bn)
         folded += 1
+    if folded:  # drop the folded BatchNorms' parameters (onnxruntime warns about unused ones)
+        used = {i for n in graph.node for i in n.input}
+        for t in [t for t in graph.initializer if t.name not in used and t.name not in outputs]:
+            graph.initializer.remove(t)
     return folded
 
 

@@ -171,7 +171,7 @@ def _int_locator():
     return MaxNLocator(integer=True, nbins=5)
 
 
-_DX, _DY = 1.8, 0.62  # column and row spacing of the cell diagrams (data units)
+_DX, _DY = 2.2, 0.62  # column and row spacing of the cell diagrams (data units)
 
 
 def _layout(cell: Sequence[tuple[str, int]]) -> tuple[dict[int, tuple[float, float]], int]:
@@ -221,8 +221,9 @@ def _draw_cell(ax, cell, concat, *, reduction: bool, colors: Mapping[str, Any]) 
         color = colors.get(op, "0.2")
         arrow(pos[i], pos[j], boxes[i], boxes[j], color=color)
         label = op + ("\nstride 2" if reduction and i == 0 else "")
-        # 45% of the way: two edges that cross at their middles keep separate labels
-        t = 0.45
+        # 55% of the way: edges fanning out of one state are further apart near their targets, and
+        # two edges that cross at their middles keep separate labels
+        t = 0.55
         lx, ly = pos[i][0] + t * (pos[j][0] - pos[i][0]), pos[i][1] + t * (pos[j][1] - pos[i][1])
         ax.text(lx, ly, label, ha="center", va="center", fontsize=7.5, color="0.1", zorder=5,
                 bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, lw=1.0, alpha=0.95))
@@ -258,10 +259,10 @@ def plot_cells(genotype, *, title: str | None = None, primitives: Sequence[str] 
         _, d = _layout(cell)
         widths.append(_DX * (d + 1) + 1.0)
         heights.append(_DY * max(len(cell) - 1, 1) + 0.9)
-    inch = 1.15  # inches per data unit
+    inch = 1.0  # inches per data unit
     fig = _figure(max(6.0, inch * sum(widths) + 0.6), inch * max(heights) + 0.8)
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": widths})
-    for ax, kind in zip(axes, ("normal", "reduce")):
+    for ax, kind in zip(axes, ("normal", "reduce"), strict=True):
         _draw_cell(ax, list(getattr(genotype, kind)), list(getattr(genotype, f"{kind}_concat")),
                    reduction=kind == "reduce", colors=colors)
         ax.set_title(f"{kind} cell", fontsize=11)

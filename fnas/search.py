@@ -168,7 +168,7 @@ def beta_decay(alphas: dict) -> Tensor:
     References:
         Ye et al. beta-DARTS: Beta-Decay Regularization for Differentiable Architecture Search. CVPR 2022.
     """
-    kinds = sorted(alphas)
+    kinds = [k for k in ("normal", "reduce") if k in alphas]  # op weights only, not PC-DARTS edge betas
     return sum(torch.logsumexp(alphas[k], dim=-1).mean() for k in kinds) / len(kinds)
 
 
@@ -189,10 +189,11 @@ def beta_decay_grad(alphas: dict, step: Tensor, cfg: SearchConfig) -> tuple[dict
     Returns:
         ``(grads, weighted_loss)``: a tree like ``alphas``, and a detached 0-d tensor.
     """
-    kinds = sorted(alphas)
+    kinds = [k for k in ("normal", "reduce") if k in alphas]  # op weights only, not PC-DARTS edge betas
     weight = beta_schedule(step, cfg)
     grads = {
         k: (weight.to(a.dtype) / (a.shape[0] * len(kinds))) * torch.softmax(a.detach(), dim=-1)
+        if k in kinds else torch.zeros_like(a)
         for k, a in alphas.items()
     }
     return grads, (weight.to(alphas[kinds[0]].dtype) * beta_decay({k: a.detach() for k, a in alphas.items()}))
@@ -506,9 +507,9 @@ def run_search(
         history.append(record)
         alpha_history.append({k: torch.softmax(a.detach().cpu(), -1) for k, a in state.alphas.items()})
         sums, counts = {}, {}
-        save(epoch + 1, 0)
-        if on_epoch is not None:
+        if on_epoch is not None:  # before the checkpoint: a crash in between repeats a log line, loses none
             on_epoch(epoch, state, record)
+        save(epoch + 1, 0)
 
     genotype = derive_genotype(state.alphas, space)
     budget_misses = over_budget(genotype, cfg)

@@ -73,7 +73,8 @@ def test_alphas_frames_the_kept_edges():
     assert sum("kept" in t for t in titles) == 4
 
 
-@pytest.mark.parametrize("bad, message", [([], "at least one epoch"), ("prims", "7 primitives")], ids=["empty", "names"])
+@pytest.mark.parametrize("bad, message", [([], "at least one epoch"), ("prims", "7 primitives")],
+                         ids=["empty", "names"])
 def test_alphas_rejects_bad_input(bad, message):
     hist = history(2, 1) if bad == "prims" else bad
     with pytest.raises(ValueError, match=message):

@@ -2,6 +2,7 @@
 
 from fnas import hypergrad, primitives, tree
 from fnas.config import SearchConfig, SpaceConfig
+from fnas.cost import check_budget, expected_cost, genotype_cost, min_cost, penalty
 from fnas.genotypes import (
     MY_CUSTOM_GENOTYPE,
     PRIMITIVES_CNN,
@@ -17,9 +18,13 @@ from fnas.search import (
     SearchState,
     arch_step,
     init_search,
+    load_checkpoint,
     run_search,
     search_step,
+    stack_states,
     supernet_loss,
+    unstack_state,
+    vmapped_search_step,
     weight_step,
 )
 from fnas.supernet import apply_supernet, init_supernet
@@ -38,18 +43,27 @@ __all__ = [
     "SpaceConfig",
     "apply_supernet",
     "arch_step",
+    "check_budget",
     "derive_genotype",
+    "expected_cost",
+    "genotype_cost",
     "hypergrad",
     "init_search",
     "init_supernet",
+    "load_checkpoint",
     "load_genotype",
+    "min_cost",
+    "penalty",
     "primitives",
     "run_search",
     "save_genotype",
     "search_and_get_model",
     "search_step",
+    "stack_states",
     "supernet_loss",
     "tree",
+    "unstack_state",
     "validate_genotype",
+    "vmapped_search_step",
     "weight_step",
 ]

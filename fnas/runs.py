@@ -6,9 +6,13 @@ Layout of a run folder::
     genotype.json    the derived genotype
     metrics.jsonl    one JSON record per search epoch (losses, accuracies, lr, genotype)
     alphas.pt        softmax(alphas) per epoch
-    checkpoint.pt    the whole search state at the end of the last finished epoch
+    checkpoint.pt    the whole search state (weights, alphas, BN statistics, optimiser states,
+                     step, loader positions and RNG states), written atomically every
+                     --checkpoint-every steps and at the end of every epoch; `fnas search --resume`
     model.pt         the trained final network's state_dict
-    summary.json     held-out accuracy, parameters, MACs, wall times
+    summary.json     held-out accuracy, parameters, MACs, peak SRAM, wall times
+    plots/*.png      edge weights over the epochs, cell diagrams, loss/accuracy curves
+    model.onnx, model_int8.onnx, export.json   after `fnas export`
 """
 
 from __future__ import annotations

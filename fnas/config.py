@@ -123,12 +123,15 @@ class SearchConfig:
     # Resource-aware search (the seed's nas_optimization_mode): 'Memory' (parameters), 'Compute'
     # (MACs), 'SRAM' (peak activation bytes, int8) or a combination like 'Memory+Compute'.
     penalty_mode: str | tuple[str, ...] | None = None
+    # With a budget, weight 1 makes the penalty worth one cross-entropy when the derived genotype
+    # is exactly at its budget, and 0 while it is under 90% of it (see fnas.cost.penalty for the tuning).
     penalty_weight: float = 1.0
     max_params: int | None = None  # budgets; a budget without penalty_mode turns its mode on
     max_macs: int | None = None
     max_sram_bytes: int | None = None
     # beta-DARTS (Ye et al. 2022): weight of the beta-decay regulariser on the alphas, raised
-    # linearly from 0 to beta_weight over total_steps; 0 turns it off. The paper uses 50 (DARTS space).
+    # linearly from 0 to beta_weight over total_steps; 0 turns it off. The reference code ramps it
+    # as 50 * epoch / 100 in the DARTS space.
     beta_weight: float = 0.0
 
     def __post_init__(self) -> None:

@@ -799,7 +799,7 @@ def _pareto(partials: list, room: tuple) -> list:
     return kept
 
 
-def _knapsack(groups: list, room: tuple, start: list | None = None) -> list:
+def _knapsack(groups: list, room: tuple) -> list:
     """Multiple-choice knapsack by Pareto dynamic programming: one item per group.
 
     ``groups[g]`` lists ``(score, cost, pick)``; returns the Pareto set of complete choices
@@ -812,7 +812,7 @@ def _knapsack(groups: list, room: tuple, start: list | None = None) -> list:
     for items in reversed(groups):
         low = tuple(min(c[d] for _, c, _ in items) for d in range(dims)) if items else rest[0]
         rest.insert(0, tuple(a + b for a, b in zip(low, rest[0])))
-    partials = start if start is not None else [_Partial(0.0, tuple(0 for _ in range(dims)), ())]
+    partials = [_Partial(0.0, tuple(0 for _ in range(dims)), ())]
     for g, items in enumerate(groups):
         grown = [
             _Partial(p.score + s, tuple(a + b for a, b in zip(p.cost, c)), p.picks + (pick,))
@@ -942,8 +942,7 @@ def derive_within_budget(
         kind: [(space.primitives[k], i) for i, k in picks[kind]] if kind in picks else list(getattr(genotype, kind))
         for kind in ("normal", "reduce")
     }
-    result = genotype._replace(normal=cells["normal"], reduce=cells["reduce"])
-    return result
+    return genotype._replace(normal=cells["normal"], reduce=cells["reduce"])
 
 
 def _misses(genotype: Genotype_CNN, space: SpaceConfig, budgets: dict, sram_bytes_per_elem: int) -> bool:

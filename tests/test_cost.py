@@ -18,6 +18,8 @@ from fnas.genotypes import MY_CUSTOM_GENOTYPE, Genotype_CNN, derive_genotype
 from fnas.model import NetworkCnn
 from fnas.supernet import cell_plan
 
+from conftest import tol
+
 KX1_OPS = tuple(sorted(set(P.SEED_KX1) | set(P.KX1_EXTRA)))
 KX1_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=KX1_OPS)
 D2_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=P.DARTS_2D)
@@ -417,18 +419,57 @@ def test_penalty_without_budget_is_normalised() -> None:
     torch.testing.assert_close(K.penalty(alphas, space, mode="SRAM", weight=weight), 0.5 * sram)
 
 
-def test_penalty_with_budget_is_a_hinge() -> None:
+def test_penalty_with_budget_is_a_linear_hinge_on_the_derived_genotype() -> None:
     space = SpaceConfig(input_shape=(32, 1), **KX1_SPACE)
     alphas = _alphas(space)
-    cost = K.expected_cost(alphas, space, metric="params").item()
-    assert K.penalty(alphas, space, mode="Memory", budget=2 * cost).item() == 0.0
-    over = K.penalty(alphas, space, mode="Memory", budget=cost / 2, margin=0.05)
-    assert over.item() == pytest.approx((2 - 1 + 0.05) ** 2, rel=1e-5)
-    both = K.penalty(alphas, space, mode="Memory+Compute", budget={"Memory": cost / 2, "Compute": None})
-    torch.testing.assert_close(both, over + K.penalty(alphas, space, mode="Compute"))
-    sram = K.expected_cost(alphas, space, metric="sram").item()
-    f32 = K.penalty(alphas, space, mode="SRAM", budget=2 * sram, sram_bytes_per_elem=4, margin=0.0)
-    assert f32.item() == pytest.approx(1.0, rel=1e-5)  # 4 bytes per element: twice over a 2x budget
+    derived = K.genotype_cost(derive_genotype(alphas, space), space)
+    assert K.penalty(alphas, space, mode="Memory", budget=derived.params / 0.9).item() == 0.0  # at (1 - m) b
+    at_budget = K.penalty(alphas, space, mode="Memory", budget=derived.params)
+    assert at_budget.item() == pytest.approx(1.0, rel=1e-6)
+    over = K.penalty(alphas, space, mode="Memory", budget=derived.params / 2, margin=0.05)
+    assert over.item() == pytest.approx((2 - 0.95) / 0.05, rel=1e-6)
+    both = K.penalty(alphas, space, mode="Memory+Compute", budget={"Memory": derived.params / 2, "Compute": None},
+                     margin=0.05)  # fmt: skip
+    torch.testing.assert_close(both, over + K.penalty(alphas, space, mode="Compute"))  # no budget: soft, normalised
+    sram = K.expected_cost(alphas, space, metric="sram", straight_through=True).item()
+    f32 = K.penalty(alphas, space, mode="SRAM", budget=2 * sram, sram_bytes_per_elem=4)
+    assert f32.item() == pytest.approx((2 - 0.9) / 0.1, rel=1e-5)  # 4 bytes per element: twice over a 2x budget
+    soft = K.expected_cost(alphas, space, metric="params").item()
+    off = K.penalty(alphas, space, mode="Memory", budget=soft, straight_through=False)
+    assert off.item() == pytest.approx(1.0, rel=1e-5)  # the soft expected cost, on request
+
+
+def test_budget_penalty_gradient_is_the_soft_estimators() -> None:
+    # straight through: the value is the derived genotype's, the gradient the soft picks' (tau)
+    space = SpaceConfig(input_shape=(32, 1), **KX1_SPACE)
+    alphas = {k: v.double() for k, v in _alphas(space, seed=1).items()}
+    derived = K.genotype_cost(derive_genotype(alphas, space), space).params
+    budget, margin, weight, tau = derived / 1.5, 0.1, 2.0, 0.5
+    grad = torch.func.grad(
+        lambda a: K.penalty(a, space, mode="Memory", budget=budget, margin=margin, weight=weight, tau=tau)
+    )(alphas)
+    soft = torch.func.grad(lambda a: K.expected_cost(a, space, metric="params", tau=tau))(alphas)
+    for kind in alphas:
+        torch.testing.assert_close(grad[kind], weight / (margin * budget) * soft[kind], **tol(torch.float64))
+    idle = torch.func.grad(lambda a: K.penalty(a, space, mode="Memory", budget=2 * derived))(alphas)
+    assert all(not g.any() for g in idle.values())  # within (1 - margin) b: no push at all
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_straight_through_cost_is_the_derived_genotypes(seed: int) -> None:
+    space = SpaceConfig(input_shape=(32, 1), **KX1_SPACE)
+    alphas = _alphas(space, seed=seed)
+    exact = K.genotype_cost(derive_genotype(alphas, space), space)
+    for metric, value in (("params", exact.params), ("macs", exact.macs)):
+        assert K.expected_cost(alphas, space, metric=metric, straight_through=True).item() == value
+    steps = len(exact.schedule)
+    sram = K.expected_cost(alphas, space, metric="sram", straight_through=True).item()
+    assert exact.peak_sram_bytes_int8 * (1 - 1e-6) <= sram <= exact.peak_sram_bytes_int8 * (1 + 0.01 * math.log(steps))
+    for metric in K.METRICS:
+        hard = torch.func.grad(lambda a: K.expected_cost(a, space, metric=metric, straight_through=True))(alphas)
+        soft = torch.func.grad(lambda a: K.expected_cost(a, space, metric=metric))(alphas)
+        if metric != "sram":  # the SRAM smooth max weighs the steps by the (hard) live sizes
+            torch.testing.assert_close(hard, soft)
 
 
 @pytest.mark.parametrize(
@@ -439,8 +480,10 @@ def test_penalty_with_budget_is_a_hinge() -> None:
         ({"mode": "Memory", "budget": -1}, "positive number"),
         ({"mode": "Memory", "budget": {"Compute": 10}}, "not one of the penalty's modes"),
         ({"mode": "SRAM", "estimator": "supernet"}, "estimator='genotype'"),
+        ({"mode": "Memory", "budget": 10**6, "margin": 0.0}, r"margin must be in \(0, 1\)"),
+        ({"mode": "Memory", "budget": 10**6, "estimator": "supernet", "straight_through": True}, "straight_through"),
     ],
-    ids=["mode", "ambiguous", "negative", "budget-key", "sram-supernet"],
+    ids=["mode", "ambiguous", "negative", "budget-key", "sram-supernet", "margin", "st-supernet"],
 )
 def test_penalty_errors(kwargs, match) -> None:
     space = SpaceConfig(input_shape=(16, 1), **KX1_SPACE)
@@ -459,3 +502,90 @@ def test_minimising_the_penalty_reaches_the_cheapest_genotype(mode: str, metric:
         opt.step()
     derived = K.genotype_cost(derive_genotype(alphas, space), space)
     assert getattr(derived, metric) == K.min_cost(space, metric)
+
+
+# ------------------------------------------------------------------ deriving within budget
+
+# A space whose peak SRAM depends on the genotype (192..256 elements): nodes 3, one concatenated.
+DWB_SPACE = SpaceConfig(
+    C=4, num_classes=3, layers=3, in_channels=1, input_shape=(16, 1), nodes=3, multiplier=1, stem_multiplier=1,
+    primitives=("none", "max_pool_3x1", "sep_conv_3x1"),
+)  # fmt: skip
+_ARGS = {"params": "max_params", "macs": "max_macs", "sram": "max_sram_bytes"}
+
+
+def _score(alphas: dict, genotype: Genotype_CNN, space: SpaceConfig) -> float:
+    """Sum over nodes of log softmax(alpha_edge)_op: what derive_within_budget maximises."""
+    total = 0.0
+    for kind in ("normal", "reduce"):
+        logp = torch.log_softmax(alphas[kind].double(), dim=-1)
+        for j, (op, i) in enumerate(getattr(genotype, kind), start=1):
+            total += float(logp[j * (j - 1) // 2 + i, space.primitives.index(op)])
+    return total
+
+
+@pytest.fixture(scope="module")
+def dwb_costs():
+    costs = {}
+    for g in _all_genotypes(DWB_SPACE):
+        c = K.genotype_cost(g, DWB_SPACE)
+        costs[_key(g)] = (g, {"params": c.params, "macs": c.macs, "sram": c.peak_sram_bytes_int8})
+    return costs
+
+
+def test_dwb_space_has_room_in_every_metric(dwb_costs) -> None:
+    for metric in K.METRICS:
+        assert K.min_cost(DWB_SPACE, metric) < K.max_cost(DWB_SPACE, metric)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_derive_within_budget_is_the_best_genotype_within_budget(dwb_costs, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    alphas = {k: torch.randn(DWB_SPACE.num_edges, 3, generator=gen) for k in ("normal", "reduce")}
+    metrics = [("params", "macs", "sram"), ("params",), ("macs",), ("sram",), ("params", "sram"), ("params", "macs")][
+        seed % 6
+    ]
+    budgets = {}
+    for metric in metrics:  # somewhere between the cheapest genotype and the argmax's cost
+        low = K.min_cost(DWB_SPACE, metric)
+        budgets[metric] = int(low + float(torch.rand((), generator=gen)) * (K.max_cost(DWB_SPACE, metric) - low))
+    genotype = K.derive_within_budget(alphas, DWB_SPACE, **{_ARGS[m]: b for m, b in budgets.items()})
+    assert all(dwb_costs[_key(genotype)][1][m] <= b for m, b in budgets.items())
+    feasible = [g for g, c in dwb_costs.values() if all(c[m] <= b for m, b in budgets.items())]
+    best = max(_score(alphas, g, DWB_SPACE) for g in feasible)
+    assert _score(alphas, genotype, DWB_SPACE) == pytest.approx(best, abs=1e-9)
+    plain = derive_genotype(alphas, DWB_SPACE)
+    if all(dwb_costs[_key(plain)][1][m] <= b for m, b in budgets.items()):
+        assert genotype == plain
+
+
+def _key(genotype: Genotype_CNN) -> tuple:
+    return tuple(map(tuple, genotype.normal)), tuple(map(tuple, genotype.reduce))
+
+
+def test_derive_within_budget_reads_the_config_and_keeps_a_fitting_argmax() -> None:
+    space = SpaceConfig(C=8, in_channels=6, input_shape=(64, 1))
+    alphas = _alphas(space)
+    plain = derive_genotype(alphas, space)
+    assert K.derive_within_budget(alphas, space) == plain  # no budget
+    exact = K.genotype_cost(plain, space)
+    cfg = SearchConfig(space=space, max_params=exact.params, max_macs=exact.macs)
+    assert K.derive_within_budget(alphas, cfg) == plain  # meets them exactly
+    tight = cfg.replace(max_params=(exact.params + K.min_cost(space, "params")) // 2)
+    genotype = K.derive_within_budget(alphas, tight)
+    cost = K.genotype_cost(genotype, space)
+    assert cost.params <= tight.max_params and cost.macs <= tight.max_macs
+    # keyword budgets override the config's
+    loose = K.derive_within_budget(alphas, tight, max_params=exact.params)
+    assert loose == plain
+
+
+@pytest.mark.parametrize("metric", K.METRICS)
+def test_derive_within_budget_at_the_minimum_and_below(metric: str) -> None:
+    space = SpaceConfig(input_shape=(32, 1), **KX1_SPACE)
+    low = K.min_cost(space, metric)
+    genotype = K.derive_within_budget(_alphas(space), space, **{_ARGS[metric]: low})
+    cost = K.genotype_cost(genotype, space)
+    assert {"params": cost.params, "macs": cost.macs, "sram": cost.peak_sram_bytes_int8}[metric] == low
+    with pytest.raises(ValueError, match=f"{_ARGS[metric]}={low - 1} is below the minimum achievable.*: {low} "):
+        K.derive_within_budget(_alphas(space), space, **{_ARGS[metric]: low - 1})

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fnas import hypergrad as H
+from fnas import tree as T
 from fnas.config import SearchConfig, SpaceConfig
 from fnas.search import arch_step, init_search, search_step, supernet_loss, weight_step
 from fnas.supernet import init_supernet
@@ -492,3 +493,28 @@ def test_search_config_rejects_unrolling_without_exact(hypergrad):
 def test_unknown_method_names_the_choices():
     with pytest.raises(ValueError, match="expected one of"):
         H.get("second_order")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)], ids=["f64", "f32"])
+def test_exact_forward_over_reverse_equals_nested_reverse(dtype, tol):
+    """K = 1: the jvp form of the mixed Hessian-vector product and nested grad agree to round-off."""
+    cfg = SearchConfig(space=SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(8, 1), nodes=2,
+                                         multiplier=2, stem_multiplier=1))
+    state = init_search(cfg, torch.Generator().manual_seed(3), dtype=dtype)
+    g = torch.Generator().manual_seed(4)
+    train = (torch.randn(6, 2, 8, 1, generator=g, dtype=dtype), torch.randint(0, 3, (6,), generator=g))
+    valid = (torch.randn(6, 2, 8, 1, generator=g, dtype=dtype), torch.randint(0, 3, (6,), generator=g))
+    momentum = T.map(lambda w: 0.1 * torch.randn(w.shape, generator=g, dtype=dtype), state.weights)
+
+    def loss_fn(w, a, b):
+        return supernet_loss(w, a, state.stats, b, cfg=cfg)
+
+    kw = dict(xi=0.1, momentum_coef=0.9, weight_decay=3e-2)
+    fwd, (lf, _) = H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="forward", **kw)
+    rev, (lr_, _) = H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="reverse", **kw)
+    for kind in ("normal", "reduce"):
+        err = (fwd[kind] - rev[kind]).norm() / rev[kind].norm()
+        assert err < tol, (kind, float(err))
+    assert torch.allclose(lf, lr_)
+    with pytest.raises(ValueError, match="hvp must be"):
+        H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="sideways")

@@ -147,6 +147,18 @@ def main(argv: list[str] | None = None) -> None:
         f"reduce `{[tuple(x) for x in r['genotype'].reduce]}`"
         for r in rows
     )
+    accs, params = [100 * r["test_acc"] for r in rows], [r["params"] for r in rows]
+    spread = (
+        f"Across the rows, test accuracy spans {min(accs):.1f}-{max(accs):.1f}% while the exact parameter count "
+        f"spans {min(params):,}-{max(params):,} ({max(params) / min(params):.1f}x)."
+    )
+    reference = [r for r in rows if r["budget"] is None]
+    if reference:
+        binding = [b for b in args.budgets if b < reference[0]["params"]]
+        spread += (
+            f" The search without a budget derived {reference[0]['params']:,} parameters, so "
+            f"{len(binding)} of the {len(args.budgets)} budgets bind."
+        )
     steered = all(r["plain_params"] <= r["budget"] for r in rows if r["budget"] is not None)
     text = f"""# Accuracy vs parameters on the watch IMU data
 
@@ -166,7 +178,8 @@ weight-only warm-up), batch {args.batch_size}, first-order DARTS, arch_lr 3e-3, 
 (weight 1, margin 0.1); train {args.train_epochs} epochs on train + validation subjects, SGD lr 0.05,
 cosine, label smoothing 0.1; seed {args.seed}; one torch thread. "search" and "train" are wall times.
 {"The penalty alone met every budget: the plain argmax of the searched alphas is the derived genotype, and the budget-aware derivation (`fnas.cost.derive_within_budget`) had nothing to change." if steered else "Rows marked (safeguard): the searched argmax missed the budget and `fnas.cost.derive_within_budget` picked the strongest genotype within it."}
-One seed per point: differences of a point or two in accuracy are within seed noise (773 test windows).
+One seed per point: differences of a point or two in accuracy are within seed noise ({ds.test.num_samples} test
+windows). {spread}
 
 Genotypes:
 

@@ -28,6 +28,7 @@ import torch
 from torch.func import grad
 
 from fnas import tree
+from fnas.optim import SGDState, sgd_direction
 
 Tensor = torch.Tensor
 LossFn = Callable[[Any, Any, Any], tuple[Tensor, Any]]
@@ -58,7 +59,8 @@ def virtual_step(
         ``(w', buf')``.
     """
     g = grad(lambda w: loss_fn(w, alphas, batch)[0])(weights)
-    buf = tree.map(lambda b, gi, w: momentum_coef * b + gi + weight_decay * w, momentum, g, weights)
+    # the real optimiser's rule, so the virtual step is the step the search will take
+    buf = sgd_direction(g, SGDState(momentum), weights, momentum=momentum_coef, weight_decay=weight_decay)
     return tree.axpy(-xi, buf, weights), buf
 
 

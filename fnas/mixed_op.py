@@ -68,16 +68,6 @@ def apply_mixed_op(
 # --- fused: every edge leaving one state in a few kernel calls ----------------------------------
 
 
-def _fusable(name: str) -> bool:
-    prim = P.get(name)
-    return prim.family in ("none", "pool", "skip") or prim.fuse == "conv_bn_relu"
-
-
-def fusable(primitives: tuple[str, ...]) -> bool:
-    """True if :func:`apply_edges_fused` handles these primitives natively (others loop per edge)."""
-    return all(_fusable(n) for n in primitives)
-
-
 def _cat_stats(stats: list[dict]) -> tuple[Tensor, Tensor]:
     return torch.cat([s["running_mean"] for s in stats]), torch.cat([s["running_var"] for s in stats])
 

@@ -16,12 +16,7 @@ TINY = SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(16,
                    stem_multiplier=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py
 
 
 def _batches(seed: int = 0):

@@ -514,7 +514,14 @@ def run_search(
     genotype = derive_genotype(state.alphas, space)
     budget_misses = over_budget(genotype, cfg)
     if budget_misses:
-        warnings.warn(f"The derived genotype misses its budget: {'; '.join(budget_misses)}", stacklevel=2)
+        # the hard guarantee: the strongest genotype (by the alphas) whose exact cost fits
+        genotype = cost.derive_within_budget(state.alphas, cfg)
+        warnings.warn(
+            f"The searched argmax genotype missed its budget ({'; '.join(budget_misses)}); using the "
+            "strongest genotype within budget instead (fnas.cost.derive_within_budget)",
+            stacklevel=2,
+        )
+        budget_misses = over_budget(genotype, cfg)
     model = NetworkCnn(
         space.C,
         space.num_classes,

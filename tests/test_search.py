@@ -267,3 +267,22 @@ def test_epoch_averages_count_only_steps_that_report_the_metric():
     assert 0.0 <= seen[1]["valid_acc"] <= 1.0
     # Frozen weights keep the loss near log(3); a halved average falls below the bound.
     assert seen[1]["valid_loss"] > 0.75 * math.log(3)
+
+
+def test_run_search_never_returns_an_over_budget_genotype():
+    """With the penalty switched off (weight 0) the argmax misses a tight budget; the search then
+    falls back to the strongest genotype within it, and says so."""
+    from fnas.cost import genotype_cost, min_cost
+
+    space = tiny_space()
+    budget = min_cost(space, "params") + 1
+    cfg = tiny_search(max_params=budget, penalty_weight=0.0)
+    # make the expensive ops win the argmax: the test only needs alphas that favour them
+    state = init_search(cfg, make_gen(0))
+    favour = torch.tensor([5.0 if "conv" in p else 0.0 for p in space.primitives])
+    state = state._replace(alphas={k: a + favour for k, a in state.alphas.items()})
+    with pytest.warns(UserWarning, match="missed its budget"):
+        result = run_search(cfg, _loader(cfg, 8, 0), _loader(cfg, 8, 1), epochs=1, gen=make_gen(0),
+                            progress=False, state=state)
+    assert genotype_cost(result.genotype, space).params <= budget
+    assert result.budget_misses == []

@@ -33,6 +33,14 @@ from fnas.search import run_search
 from fnas.train import TrainConfig, evaluate, train_model
 
 HERE = Path(__file__).resolve().parent
+STEERED = (
+    "The penalty alone met every budget: the plain argmax of the searched alphas is the derived genotype,\n"
+    "and the budget-aware derivation (`fnas.cost.derive_within_budget`) had nothing to change."
+)
+SAFEGUARD = (
+    "Rows marked (safeguard): the searched argmax missed the budget and `fnas.cost.derive_within_budget`\n"
+    "picked the strongest genotype within it."
+)
 
 
 def machine() -> str:
@@ -177,7 +185,7 @@ Recipe (the same for every row): search {args.search_epochs} epochs ({args.warmu
 weight-only warm-up), batch {args.batch_size}, first-order DARTS, arch_lr 3e-3, penalty defaults
 (weight 1, margin 0.1); train {args.train_epochs} epochs on train + validation subjects, SGD lr 0.05,
 cosine, label smoothing 0.1; seed {args.seed}; one torch thread. "search" and "train" are wall times.
-{"The penalty alone met every budget: the plain argmax of the searched alphas is the derived genotype, and the budget-aware derivation (`fnas.cost.derive_within_budget`) had nothing to change." if steered else "Rows marked (safeguard): the searched argmax missed the budget and `fnas.cost.derive_within_budget` picked the strongest genotype within it."}
+{STEERED if steered else SAFEGUARD}
 One seed per point: differences of a point or two in accuracy are within seed noise ({ds.test.num_samples} test
 windows). {spread}
 

@@ -1038,14 +1038,17 @@ def penalty(
     over budget (a loose budget was missed by 14%), and keeps pushing long after the argmax is the
     cheapest genotype of the space (tight and medium budgets collapsed to the minimum, wasting the
     budget). The straight-through value switches the push on exactly when the genotype that would
-    be derived misses ``(1 - margin) b`` and off when it does not, so the search settles just below
-    the budget (85-90% of it in those runs). The hinge is linear because its value is piecewise
-    constant: only its slope matters, and a squared hinge's slope vanishes at the boundary, where
-    the validation loss then wins. Under Adam the update is set by the sum of the validation and
-    penalty gradients per alpha; at slope ``1 / margin = 10`` the penalty's gradient (``~1e-2`` per
-    alpha for ``tau = 1``) is a few times the validation loss's (``~5e-3``), so an over-budget
-    argmax is pushed down within a few steps yet the validation loss still orders the cheap ops.
-    The margin absorbs the validation loss drifting the argmax back up between pushes.
+    be derived misses ``(1 - margin) b`` and off when it does not, so the search settles below the
+    budget (65-90% of it in those runs and in ``bench/PARETO.md``). The hinge is linear because its
+    value is piecewise constant: only its slope matters, and a squared hinge's slope vanishes at the
+    boundary, where the validation loss then wins. Scale under Adam: per alpha, the step is about
+    ``arch_lr`` in the direction of the summed gradients, whatever their size, so the slope only
+    decides who sets that direction. The validation loss's gradient is ~5e-3 per alpha; at slope
+    ``1 / margin = 10`` the penalty's is 0.05-0.13 (``tau = 1``), so while the derived genotype is
+    over target the penalty steers every alpha, and an over-budget argmax flips within a few steps
+    (slope 3 behaved like 10; at slope 1 a loose budget was missed by 14% in a 60-step search). Below target
+    the validation loss alone orders the ops. The margin absorbs the validation loss drifting the
+    argmax back up between pushes; :func:`derive_within_budget` covers what it cannot.
 
     Args:
         alphas: ``{"normal", "reduce"}`` architecture parameters.

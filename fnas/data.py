@@ -530,7 +530,10 @@ def load_ucr(name: str, valid_fraction: float = 0.2, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(_check_seed(seed))
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a UCR dataset name such as 'Coffee', got {name!r}")
-    available = list_ucr_datasets()
+    try:
+        available = list_ucr_datasets()
+    except MissingDependencyError as err:
+        raise MissingDependencyError(f"UCR dataset {name.strip()!r}: {err}") from None
     by_lower = {n.lower(): n for n in available}
     key = by_lower.get(name.strip().lower())
     if key is None:

@@ -25,13 +25,7 @@ KX1_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=KX1_OPS
 D2_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=P.DARTS_2D)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread wake-ups cost more than the work (16 ms per softmax on 2 threads here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py: tiny tensors, one thread
 
 
 def _measure(genotype: Genotype_CNN, space: SpaceConfig) -> tuple[int, int]:

@@ -148,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="resource-aware search: 'Memory' (parameters), 'Compute' (MACs), 'SRAM' (peak "
                    "activations), or a combination like 'Memory+Compute'")
     s.add_argument("--penalty-weight", type=float, default=1.0, help="weight of the resource penalty")
+    s.add_argument("--beta-weight", type=float, default=0.0,
+                   help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
+    s.add_argument("--partial-channels", type=int, default=1, metavar="K",
+                   help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
     s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
     s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
@@ -526,6 +530,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         multiplier=args.multiplier,
         stem_multiplier=args.stem_multiplier,
         primitives=primitives,
+        partial_channels=args.partial_channels,
     )
     gen_data = torch.Generator().manual_seed(args.seed)
     for split, name in ((ds.train, "train"), (ds.valid, "valid")):
@@ -553,6 +558,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         max_params=args.max_params,
         max_macs=args.max_macs,
         max_sram_bytes=args.max_sram_bytes,
+        beta_weight=args.beta_weight,
     )
     if cfg.penalty_metrics:  # an unreachable budget fails before the run folder exists
         check_budget(cfg, cfg.max_params, cfg.max_macs, cfg.max_sram_bytes)

@@ -685,19 +685,24 @@ def _extreme_sram(space: SpaceConfig, best) -> int:
             peak = pre
             for j, i in enumerate(inputs, start=1):
                 r = j * (j - 1) // 2 + i
-                node = []
-                for k in candidates:
-                    worst = 0
-                    for cell in cells:
-                        held = sum(cell.sizes[m] for m in range(j) if last[m] > j)
-                        read = cell.sizes[i] if last[i] == j else 0
-                        buffers = cell.scratch[r][k]
-                        worst = max(worst, held + read + buffers[0], held + max(buffers))
-                    node.append(worst)
+                node = [_node_peak(cells, last, j, i, r, k) for k in candidates]
                 peak = max(peak, best(node))
             extreme = peak if extreme is None else best(extreme, peak)
         result = max(result, extreme)
     return int(result)
+
+
+def _node_peak(cells, last: list[int], j: int, i: int, r: int, k: int) -> int:
+    """Peak live elements while node ``j`` runs op ``k`` on state ``i`` (alpha row ``r``), over the
+    cells of one type: the states still needed later, the input if this is its last use, and the
+    op's own buffers (the module docstring's schedule)."""
+    worst = 0
+    for cell in cells:
+        held = sum(cell.sizes[m] for m in range(j) if last[m] > j)
+        read = cell.sizes[i] if last[i] == j else 0
+        buffers = cell.scratch[r][k]
+        worst = max(worst, held + read + buffers[0], held + max(buffers))
+    return worst
 
 
 def _cached_extreme(space: SpaceConfig, metric: str, which: str) -> int:
@@ -851,16 +856,7 @@ def _cell_options(
         groups = []
         for j, i in enumerate(inputs, start=1):
             r = j * (j - 1) // 2 + i
-            group = []
-            for k in candidates:
-                worst = 0
-                for cell in cells:
-                    held = sum(cell.sizes[m] for m in range(j) if last[m] > j)
-                    read = cell.sizes[i] if last[i] == j else 0
-                    buffers = cell.scratch[r][k]
-                    worst = max(worst, held + read + buffers[0], held + max(buffers))
-                if worst <= sram:
-                    group.append(item(r, i, k))
+            group = [item(r, i, k) for k in candidates if _node_peak(cells, last, j, i, r, k) <= sram]
             groups.append(group)
         if all(groups):
             options = _pareto(options + _knapsack(groups, room), room)

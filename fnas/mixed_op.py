@@ -115,6 +115,7 @@ def apply_edges_fused(
     """
     E = len(params)
     N, C = x.shape[:2]
+    grid = L.subsample(x, stride).shape[2:]  # (T', W') of every output
     new_stats = [dict(s) for s in stats]
     acc = None  # (N, T', E, C) view of the mixed outputs
     extra: list[Tensor | None] = [None] * E  # generic primitives, added per edge
@@ -155,9 +156,7 @@ def apply_edges_fused(
             y1 = _ntec(L.apply_conv({"weight": w1}, r, stride=stride), E)
             y2 = _ntec(L.apply_conv({"weight": w2}, P.shifted_grid(r), stride=stride), E)
             y = torch.cat([y1, y2], dim=-1)  # (N, T', E, C): per edge [conv1 | conv2]
-            n, t = y.shape[:2]
-            shape = x[:, :, ::stride, :].shape if x.shape[-1] == 1 else x[:, :, ::stride, ::stride].shape
-            y4 = y.reshape(n, shape[2], shape[3], E * C).permute(0, 3, 1, 2)  # channels_last (N, E*C, T', W')
+            y4 = y.reshape(N, *grid, E * C).permute(0, 3, 1, 2)  # channels_last (N, E*C, T', W')
             mean, var = _cat_stats([stats[e][name]["bn"] for e in range(E)])
             y4, mean, var = L.batch_norm(y4, mean, var, None, None, train=train)
             for e, s in enumerate(_split_stats(mean, var, E)):
@@ -172,7 +171,6 @@ def apply_edges_fused(
     outs: list[Tensor] = []
     # unbind, not indexing: its backward is one stack instead of E zero-filled full-size buffers
     per_edge = acc.unbind(2) if acc is not None else [None] * E
-    grid = L.subsample(x, stride).shape[2:]
     for e in range(E):
         out = None
         if per_edge[e] is not None:

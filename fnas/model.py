@@ -154,8 +154,7 @@ class NetworkCnn(nn.Module):
             raise ValueError(f"NetworkCnn of a kx1 genotype expects (N, C, T, 1) input, got {tuple(x.shape)}")
         x = L.to_layout(x)
         params, stats = self._stem_trees()
-        cfg = _StemCfg(self.with_input_batchnorm)
-        h, new = apply_stem(params, stats, x, cfg=cfg, train=self.training)
+        h, new = apply_stem(params, stats, x, train=self.training)
         if self.training:
             _write_back(stats, new)
         for cell in self.cells:
@@ -209,10 +208,3 @@ class NetworkCnn(nn.Module):
                 copy(p, src_p, f"cells.{layer}.{op}")
                 copy(s, src_s, f"cells.{layer}.{op}")
         copy(O._split(self.head)[0], weights["head"], "head")
-
-
-class _StemCfg:
-    """The two fields :func:`fnas.supernet.apply_stem` reads."""
-
-    def __init__(self, with_input_batchnorm: bool):
-        self.with_input_batchnorm = with_input_batchnorm

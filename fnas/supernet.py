@@ -100,10 +100,10 @@ def init_supernet(
     return weights, alphas, stats
 
 
-def apply_stem(weights: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig, train: bool) -> tuple[Tensor, dict]:
-    """Input BN (optional) and stem. Shared with NetworkCnn."""
+def apply_stem(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+    """Input BN (when the weights have one: ``with_input_batchnorm``) and stem. Shared with NetworkCnn."""
     new: dict = {}
-    if cfg.with_input_batchnorm:
+    if "input_bn" in weights:
         x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train)
     x = L.apply_conv(weights["stem"]["conv"], x)
     x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train)
@@ -133,7 +133,7 @@ def apply_supernet(
         ``(logits (N, num_classes), new_stats)``; ``stats`` itself is never modified.
     """
     cfg = space_of(cfg)
-    h, new_stats = apply_stem(weights, stats, L.to_layout(x), cfg=cfg, train=train)
+    h, new_stats = apply_stem(weights, stats, L.to_layout(x), train=train)
     mix = {kind: torch.softmax(alphas[kind], dim=-1) for kind in ("normal", "reduce")}
     edge_mix = {kind: edge_weights(alphas[f"edge_{kind}"], cfg.nodes) for kind in ("normal", "reduce")} if (
         cfg.partial_channels > 1) else {"normal": None, "reduce": None}

@@ -9,6 +9,7 @@ from fnas.genotypes import (
     Genotype_CNN,
     derive_genotype,
     load_genotype,
+    random_genotype,
     save_genotype,
     validate_genotype,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "arch_step",
     "check_budget",
     "derive_genotype",
+    "random_genotype",
     "expected_cost",
     "genotype_cost",
     "hypergrad",

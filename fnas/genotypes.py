@@ -82,6 +82,36 @@ def _cell(probs: torch.Tensor, primitives: Sequence[str], nodes: int) -> list[tu
     return cell
 
 
+def random_genotype(cfg, gen: torch.Generator) -> Genotype_CNN:
+    """A genotype drawn uniformly from the space: the random-search baseline's sampler.
+
+    Each node of each cell type independently draws its input uniformly from the states before
+    it and its op uniformly from the space's non-``none`` primitives; the concat is the one
+    :func:`derive_genotype` uses. Every genotype :func:`derive_genotype` can return has the same
+    probability. Random search with the same space and training recipe is the baseline that
+    weight-sharing NAS has to beat (Li and Talwalkar, Random Search and Reproducibility for
+    Neural Architecture Search, UAI 2019).
+
+    Args:
+        cfg: a SpaceConfig or SearchConfig.
+        gen: the only source of randomness (the same seed gives the same genotype).
+    """
+    from fnas.supernet import space_of
+
+    space = space_of(cfg)
+    ops = [name for name in space.primitives if name != "none"]  # SpaceConfig guarantees one
+    cells = {}
+    for kind in ("normal", "reduce"):
+        cell = []
+        for j in range(1, space.nodes + 1):
+            i = int(torch.randint(j, (), generator=gen))
+            k = int(torch.randint(len(ops), (), generator=gen))
+            cell.append((ops[k], i))
+        cells[kind] = cell
+    concat = range(space.nodes - space.multiplier + 1, space.nodes + 1)
+    return Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
+
+
 def validate_genotype(genotype: Genotype_CNN, *, nodes: int | None = None, multiplier: int | None = None) -> None:
     """Check that ``genotype`` describes buildable cells.
 

@@ -17,6 +17,7 @@ from fnas.genotypes import (
     genotype_from_dict,
     genotype_to_dict,
     load_genotype,
+    random_genotype,
     save_genotype,
     validate_genotype,
 )
@@ -216,3 +217,30 @@ def test_validate_genotype_errors(genotype, kwargs, match):
 
 def test_validate_accepts_seed_genotype():
     validate_genotype(MY_CUSTOM_GENOTYPE, nodes=4, multiplier=4)
+
+
+def test_random_genotype_is_valid_reproducible_and_covers_the_space():
+    seen_ops, seen_inputs = set(), set()
+    for seed in range(200):
+        g = random_genotype(SPACE, torch.Generator().manual_seed(seed))
+        validate_genotype(g, nodes=SPACE.nodes, multiplier=SPACE.multiplier)
+        assert g == random_genotype(SPACE, torch.Generator().manual_seed(seed))
+        assert list(g.normal_concat) == list(derive_genotype({"normal": _alphas({}), "reduce": _alphas({})}, SPACE).normal_concat)
+        for op, i in list(g.normal) + list(g.reduce):
+            seen_ops.add(op)
+            seen_inputs.add(i)
+    assert "none" not in seen_ops
+    assert seen_ops == {p for p in PRIMS if p != "none"}  # 200 draws hit every op ...
+    assert seen_inputs == set(range(SPACE.nodes))  # ... and every input state
+
+
+def test_random_genotype_is_uniform_over_a_nodes_choices():
+    # node 3 picks one of 3 inputs x 6 ops: each pair has probability 1/18
+    counts: dict = {}
+    n = 3600
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        pick = random_genotype(SPACE, gen).normal[2]
+        counts[pick] = counts.get(pick, 0) + 1
+    assert len(counts) == 18
+    assert max(counts.values()) < 2 * n / 18 and min(counts.values()) > 0.5 * n / 18

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
@@ -51,6 +52,9 @@ DEFAULTS = {
     "momentum": 0.9,
     "grad_clip": 5.0,
     "warmup_epochs": 2,
+    "penalty_weight": 1.0,
+    "beta_weight": 0.0,
+    "partial_channels": 1,
     "train_lr": 0.05,
     "seed": 0,
     # One thread: these networks are small, and on 2-core VMs two threads are often slower.
@@ -102,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
             "Search a cell architecture with DARTS on a dataset, train the found network from scratch "
             "on train+valid, evaluate it on the held-out test split, and write a run folder "
             "(config.json, genotype.json, metrics.jsonl, alphas.pt, checkpoint.pt, model.pt, "
-            "summary.json, plots/)."
+            "summary.json, plots/). Under torchrun (e.g. `torchrun --nproc_per_node 4 -m fnas search "
+            "--device cuda`) the search runs data-parallel: every process takes 1/WORLD_SIZE of each "
+            "batch, and rank 0 writes the run folder and trains the found network."
         ),
         formatter_class=_FMT,
     )
@@ -147,10 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", dest="penalty_mode", default=None,
                    help="resource-aware search: 'Memory' (parameters), 'Compute' (MACs), 'SRAM' (peak "
                    "activations), or a combination like 'Memory+Compute'")
-    s.add_argument("--penalty-weight", type=float, default=1.0, help="weight of the resource penalty")
-    s.add_argument("--beta-weight", type=float, default=0.0,
+    s.add_argument("--penalty-weight", type=float, default=d["penalty_weight"], help="weight of the resource penalty")
+    s.add_argument("--beta-weight", type=float, default=d["beta_weight"],
                    help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
-    s.add_argument("--partial-channels", type=int, default=1, metavar="K",
+    s.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
                    help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
     s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
@@ -283,6 +289,42 @@ def _device(spec: str) -> torch.device:
         raise ValueError(f"--device {spec!r} is not a device ({err}); use 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {spec} but CUDA is not available; use --device cpu")
+    return device
+
+
+DIST_TIMEOUT_MINUTES = 30  # a rank that waits this long for the others fails instead of hanging
+
+
+def _dist_env() -> tuple[int, int]:
+    """``(rank, world_size)`` of a torchrun job from its environment; ``(0, 1)`` outside torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as err:
+        raise ValueError(f"RANK / WORLD_SIZE must be integers (set by torchrun): {err}") from err
+
+
+def _init_distributed(device: torch.device) -> torch.device:
+    """Join the torchrun job's process group: gloo on CPU, NCCL on CUDA (one GPU per process).
+
+    Returns:
+        The device of this process: ``cuda:LOCAL_RANK`` for CUDA, else ``device``.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise ValueError("WORLD_SIZE > 1 (torchrun) but this torch build has no torch.distributed")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA devices; start at most "
+                             "that many processes per machine (--nproc_per_node)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=DIST_TIMEOUT_MINUTES))
     return device
 
 
@@ -501,15 +543,21 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                              "exists); use `fnas train` or `fnas show` on it")
         args.config = resume_dir
     args = _config_args(args, argv)
-    log = _log(args.quiet)
+    rank, world = _dist_env()
+    lead = rank == 0  # the only process that prints and writes the run folder
+    log = _log(args.quiet) if lead else (lambda msg: None)
     _positive(epochs=args.epochs, batch_size=args.batch_size)
+    if world > 1 and args.batch_size % world:
+        lower, upper = (args.batch_size // world) * world, (args.batch_size // world + 1) * world
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over the {world} "
+                         f"processes of this torchrun job; use a multiple of {world}, e.g. {lower or upper} or {upper}")
     if args.checkpoint_every < 0:
         raise ValueError(f"--checkpoint-every must be >= 0 (0: end of every epoch only), got {args.checkpoint_every}")
     if args.train_epochs < 0:
         raise ValueError(f"--train-epochs must be >= 0 (0: search only), got {args.train_epochs}")
     _threads(args)
     device = _device(args.device)
-    if args.out is not None and resume_dir is None:
+    if args.out is not None and resume_dir is None and lead:
         _check_out(args.out, "pass another --out")
 
     t0 = time.time()
@@ -564,20 +612,29 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         check_budget(cfg, cfg.max_params, cfg.max_macs, cfg.max_sram_bytes)
     train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr) if args.train_epochs else None
 
+    if world > 1:  # after every check: a bad option fails on every rank before any of them waits
+        device = _init_distributed(device)
     if resume_dir is not None:
         out = resume_dir
         log(f"resuming {out} from its checkpoint")
     else:
         out = args.out or Path("runs") / f"{Path(str(args.data)).stem.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume_dir is None and lead:
         _check_out(out, "pass another --out")
         out.mkdir(parents=True, exist_ok=True)
         cli_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                     if k not in ("command", "resume")}
-        atomic_write_json(out / "config.json", {
+        config = {
             "command": "search", "cli": cli_args, "search": dataclasses.asdict(cfg),
             "train": dataclasses.asdict(train_cfg) if train_cfg else None, "dataset": ds.summary(),
-        })
+        }
+        if world > 1:
+            config["world_size"] = world
+        atomic_write_json(out / "config.json", config)
         log(f"run folder: {out}")
+    if world > 1:
+        log(f"data parallel: {world} processes ({'NCCL' if device.type == 'cuda' else 'gloo'}), "
+            f"{args.batch_size // world} of each batch of {args.batch_size} per process")
 
     def on_epoch(epoch, state, record):
         rec = dict(record, genotype=genotype_to_dict(record["genotype"]))
@@ -590,12 +647,22 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
                 f"{rec['train_acc']:.3f}, valid acc {valid}{costs}")
 
     gen = torch.Generator().manual_seed(args.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # budget misses are reported below, not as a warning
-        result = run_search(cfg, train_loader, valid_loader, epochs=args.epochs, gen=gen, device=device,
-                            progress=not args.quiet, on_epoch=on_epoch, checkpoint=out / "checkpoint.pt",
-                            checkpoint_every=args.checkpoint_every,
-                            resume=out / "checkpoint.pt" if resume_dir is not None else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # budget misses are reported below, not as a warning
+            # under torchrun: data parallel over the process group; only rank 0 writes and calls on_epoch
+            result = run_search(cfg, train_loader, valid_loader, epochs=args.epochs, gen=gen, device=device,
+                                progress=not args.quiet, on_epoch=on_epoch, checkpoint=out / "checkpoint.pt",
+                                checkpoint_every=args.checkpoint_every,
+                                resume=out / "checkpoint.pt" if resume_dir is not None else None)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    if not lead:
+        return 0  # every rank found the same genotype; rank 0 writes it and trains the network alone
     t_search = time.time() - t0
     save_genotype(result.genotype, out / "genotype.json")
     atomic_torch_save(out / "alphas.pt", result.alpha_history)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fnas import cost, hypergrad, tree
+from fnas import cost, distributed, hypergrad, tree
 from fnas.data import check_input
 from fnas.config import SearchConfig
 from fnas.optim import AdamState, SGDState, adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init
@@ -77,9 +77,16 @@ def init_search(cfg: SearchConfig, gen: torch.Generator, *, dtype: torch.dtype =
 def supernet_loss(weights: dict, alphas: dict, stats: dict, batch: Batch, *, cfg: SearchConfig, train: bool = True):
     """Cross-entropy of the supernet on ``batch``.
 
+    In data-parallel mode (:func:`fnas.distributed.data_parallel`) ``batch`` is this rank's shard:
+    the loss is the shard's mean, but every gradient taken of it with respect to ``weights`` or
+    ``alphas`` (at any nesting depth) is the global batch's (:func:`fnas.distributed.sync_grads`),
+    and BatchNorm uses the global batch's statistics.
+
     Returns:
         ``(loss, (new_stats, correct))`` where ``correct`` counts right top-1 predictions.
     """
+    if distributed.is_active():
+        weights, alphas = distributed.sync_grads(weights), distributed.sync_grads(alphas)
     x, y = batch
     logits, new_stats = apply_supernet(weights, alphas, stats, x, cfg=cfg, train=train)
     loss = F.cross_entropy(logits, y)
@@ -362,6 +369,7 @@ def run_search(
     checkpoint_every: int = 0,
     resume=None,
     state: SearchState | None = None,
+    data_parallel: bool | None = None,
 ) -> SearchResult:
     """Search for ``epochs`` epochs over ``train_loader`` (alphas on batches of ``valid_loader``).
 
@@ -380,16 +388,52 @@ def run_search(
             ``torch.Generator`` (or torch's default one), the resumed search is bitwise equal to an
             uninterrupted one.
         state: start from this state instead of a fresh ``init_search(cfg, gen)``.
+        data_parallel: search data-parallel over the ``torch.distributed`` process group
+            (:mod:`fnas.distributed`); None (default): when a group of more than one rank is
+            initialised (e.g. under ``torchrun``) or :func:`fnas.distributed.data_parallel` is
+            active. Every rank must pass the same arguments and iterate the same loaders (same
+            data, same shuffling generators): each global batch of ``B`` is split here, rank ``r``
+            taking samples ``[r * B / W, (r + 1) * B / W)``. Gradients of weights and alphas (every
+            hypergradient method, to every order) and BatchNorm statistics are synchronised, so
+            the search equals a single process on the global batches up to float rounding. The
+            initial (or resumed) state is broadcast from rank 0, every rank reads ``resume``,
+            metrics are averaged over the ranks (so all ranks stop together on a non-finite one),
+            and only rank 0 writes ``checkpoint``, shows progress and calls ``on_epoch``. Every
+            rank returns the same result.
 
     Returns:
         A :class:`SearchResult`.
 
     Raises:
         ValueError: bad arguments, data that does not fit the space, an unreachable budget (all
-            checked before training), or a checkpoint that does not match ``cfg``.
+            checked before training), a checkpoint that does not match ``cfg``; in data-parallel
+            mode also a batch not divisible by the world size, ranks that see different data, or
+            ``compile=True`` (not supported there).
         FloatingPointError: a non-finite loss or gradient, naming the step; the last checkpoint
             (written before that step) stays intact.
     """
+    import contextlib
+
+    if data_parallel is None:
+        data_parallel = distributed.is_active() or distributed.world_size() > 1
+    if data_parallel and compile:
+        raise ValueError(
+            "compile=True is not supported in data-parallel mode (the step's collectives would be traced); "
+            "pass compile=False, or run the compiled search in a single process"
+        )
+    if data_parallel == distributed.is_active():
+        mode = contextlib.nullcontext()  # already in the requested mode (and group)
+    else:
+        mode = distributed.data_parallel(enabled=data_parallel)
+    with mode:
+        return _run_search(cfg, train_loader, valid_loader, epochs=epochs, gen=gen, device=device,
+                           progress=progress, compile=compile, on_epoch=on_epoch, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every, resume=resume, state=state)
+
+
+def _run_search(cfg, train_loader, valid_loader, *, epochs, gen, device, progress, compile, on_epoch, checkpoint,
+                checkpoint_every, resume, state) -> SearchResult:
+    """The body of :func:`run_search`, in the data-parallel mode it has set."""
     import dataclasses
 
     from fnas.genotypes import derive_genotype, genotype_to_dict
@@ -403,8 +447,21 @@ def run_search(
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("The training loader is empty; give it at least one batch")
-    check_batch(next(iter(train_loader)), cfg, what="training")
-    check_batch(next(iter(valid_loader)), cfg, what="validation")
+    first_train = next(iter(train_loader))
+    check_batch(first_train, cfg, what="training")
+    first_valid = next(iter(valid_loader))
+    check_batch(first_valid, cfg, what="validation")
+    dp = distributed.is_active()
+    lead = distributed.active_rank() == 0  # writes checkpoints, shows progress, calls on_epoch
+    if dp:
+        for batch, what in ((first_train, "training"), (first_valid, "validation")):
+            distributed.shard(batch, what=what)  # a batch size not divisible by the world size fails now
+            if not distributed.same_on_all_ranks(*batch):
+                raise ValueError(
+                    f"The ranks see different first {what} batches; in data-parallel mode every rank must "
+                    "iterate the same loaders in the same order (same data, same shuffling seed): "
+                    "run_search splits each global batch over the ranks itself"
+                )
     cfg = cfg.replace(total_steps=epochs * steps_per_epoch)
     if cfg.penalty_metrics:
         # an unreachable budget fails now, naming the minimum, not after hours of search
@@ -432,6 +489,8 @@ def run_search(
     elif state is None:
         state = init_search(cfg, gen)
     state = tree.map(lambda t: t.to(device), state)
+    if dp:  # every rank starts from rank 0's state (as DDP does); they stay equal step by step
+        state = distributed.broadcast_tree(state)
     step_fn = search_step
     if compile:
         import functools
@@ -439,7 +498,7 @@ def run_search(
         step_fn = torch.compile(functools.partial(search_step, cfg=cfg))
 
     def save(epoch: int, batch: int) -> None:
-        if checkpoint is None:
+        if checkpoint is None or not lead:
             return
         atomic_torch_save(checkpoint, {
             "format": CHECKPOINT_FORMAT,
@@ -465,17 +524,22 @@ def run_search(
         if not resuming_mid_epoch:
             train_pos.begin()
             sums, counts = {}, {}
-        bar = _progress(steps_per_epoch, epoch, epochs, progress, initial=train_pos.taken)
+        bar = _progress(steps_per_epoch, epoch, epochs, progress and lead, initial=train_pos.taken)
         for i in range(train_pos.taken, steps_per_epoch):
             x, y = train_pos.take()
             vx, vy = valid_pos.cycle()
             train_batch, valid_batch = (x.to(device), y.to(device)), (vx.to(device), vy.to(device))
+            if dp:
+                train_batch = distributed.shard(train_batch, what="training")
+                valid_batch = distributed.shard(valid_batch, what="validation")
             if int(state.step) < cfg.warmup_steps:
                 new_state, metrics = weight_step(state, train_batch, cfg=cfg)
             elif compile:
                 new_state, metrics = step_fn(state, train_batch, valid_batch)
             else:
                 new_state, metrics = step_fn(state, train_batch, valid_batch, cfg=cfg)
+            if dp:  # the global batch's values, the same on every rank
+                metrics = distributed.mean_metrics(metrics)
             values = {k: float(v) for k, v in metrics.items()}
             if not all(map(_finite, values.values())):
                 bad = {k: v for k, v in values.items() if not _finite(v)}
@@ -507,7 +571,7 @@ def run_search(
         history.append(record)
         alpha_history.append({k: torch.softmax(a.detach().cpu(), -1) for k, a in state.alphas.items()})
         sums, counts = {}, {}
-        if on_epoch is not None:  # before the checkpoint: a crash in between repeats a log line, loses none
+        if on_epoch is not None and lead:  # before the checkpoint: a crash in between repeats a log line, loses none
             on_epoch(epoch, state, record)
         save(epoch + 1, 0)
 

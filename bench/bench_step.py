@@ -46,3 +46,10 @@ def test_step_small(benchmark, name):
 @pytest.mark.parametrize("name", ["step_fnas_fo", "step_fnas_exact_k1"])
 def test_step_darts_2d(benchmark, name):
     _bench(benchmark, name, "step darts_2d (3x32x32, C=8, 5 cells, batch 32)", space="darts_2d")
+
+
+@pytest.mark.parametrize("name", ["step_fnas_fo", "step_fnas_fo_compiled", "step_fnas_exact_k1", "step_fnas_exact_k1_compiled"])
+def test_step_compiled(benchmark, name):
+    # the warm-up round of a _compiled step is its inductor compile (minutes on 2 cores); the CLI's
+    # default network (small_1d) keeps that affordable
+    _bench(benchmark, name, "step eager vs compiled, small_1d (C=8, 5 cells, batch 32)", space="small_1d")

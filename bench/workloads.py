@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -218,6 +219,8 @@ STEPS = (
     "step_fnas_exact_k1",
     "step_fnas_exact_k2",
     "step_fnas_exact_k3",
+    "step_fnas_fo_compiled",
+    "step_fnas_exact_k1_compiled",
 )
 _METHOD = {"fo": "first_order", "fd": "finite_difference", "exact": "exact"}
 STEP_LABELS = {
@@ -229,16 +232,24 @@ STEP_LABELS = {
     "step_fnas_exact_k1": "step: fnas `search_step`, exact, K=1",
     "step_fnas_exact_k2": "step: fnas `search_step`, exact, K=2",
     "step_fnas_exact_k3": "step: fnas `search_step`, exact, K=3",
+    "step_fnas_fo_compiled": "step: fnas `search_step`, first_order, `torch.compile` (inductor)",
+    "step_fnas_exact_k1_compiled": "step: fnas `search_step`, exact, K=1, `torch.compile` (inductor)",
 }
 
 
 def parse_step(name: str) -> tuple[str, str, int, bool]:
     """``step_fnas_exact_k2_plain`` -> ``("fnas", "exact", 2, plain=True)``.
 
+    A ``_compiled`` suffix (fnas only; see :func:`build_step`) is not part of the result.
+
     Raises:
         ValueError: a name that is not a step workload.
     """
     parts = name.split("_")
+    if parts[-1] == "compiled":
+        if parts[1] != "fnas":
+            raise ValueError(f"Only fnas steps have a compiled variant, got {name!r}")
+        parts = parts[:-1]
     plain = parts[-1] == "plain"
     if plain:
         parts = parts[:-1]
@@ -260,11 +271,15 @@ def step_twin(name: str) -> str:
     return f"step_fnas_{short}" + (f"_k{k}" if method == "exact" else "") + "_plain"
 
 
-def build_step(name: str, *, space: str = "default_1d", seed: int = SEED, batch: int | None = None) -> Workload:
+def build_step(
+    name: str, *, space: str = "default_1d", seed: int = SEED, batch: int | None = None, compile_backend: str = "inductor"
+) -> Workload:
     """A search-step workload on ``SPACES[space]``: state and batches built here, ``run`` steps once.
 
     The fnas state is carried from call to call (as the baseline's modules are), so repeated calls
     are consecutive steps. For ``unroll_steps = K > 1`` the train batch is a list of K batches.
+    Names ending in ``_compiled`` run ``torch.compile`` of the whole step, as ``run_search(...,
+    compile=True)`` does (the first call compiles).
 
     Raises:
         ValueError: unknown name or space, or a baseline step on a 2D space.
@@ -294,9 +309,12 @@ def build_step(name: str, *, space: str = "default_1d", seed: int = SEED, batch:
     cfg = search_config(sp, method, k)
     train = make_batches(sp, n, k, seed=seed + 2) if k > 1 else make_batch(sp, n, seed=seed + 2)
     holder = [init_search(cfg, make_gen(seed))]
+    step = functools.partial(search_step, cfg=cfg)
+    if name.endswith("_compiled"):
+        step = torch.compile(step, backend=compile_backend)
 
     def run():
-        holder[0], metrics = search_step(holder[0], train, valid, cfg=cfg)
+        holder[0], metrics = step(holder[0], train, valid)
         return metrics
 
     return Workload(name, run, step_twin(name), label, holder)

@@ -955,8 +955,15 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
         data=ds.summary(),
         class_names=list(ds.class_names),
         calibration_split=args.calib_split,
-        preprocessing="inputs are standardised per channel with the training split's mean and std, "
-        "as fnas.data.load_dataset does; feed the models data prepared the same way",
+        preprocessing=(
+            "standardise each input channel c as (x[c] - input_mean[c]) / input_std[c] (the training "
+            "split's statistics, as fnas.data.load_dataset does) before feeding the models"
+            if ds.input_mean is not None else
+            "none: the models take the data as stored (UCR sets the archive z-normalised per series: "
+            "z-normalise each new series the same way)"
+        ),
+        input_mean=list(ds.input_mean) if ds.input_mean is not None else None,
+        input_std=list(ds.input_std) if ds.input_std is not None else None,
         seconds=round(time.time() - t0, 1),
     )
     atomic_write_json(out / "export.json", report)

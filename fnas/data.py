@@ -70,6 +70,11 @@ class Dataset(NamedTuple):
     in_channels: int
     input_shape: tuple[int, int]
     class_names: tuple[str, ...]
+    # Per-channel statistics of the train split that standardised every split (x - mean) / std,
+    # for preparing new data the same way on a device; None when the data was used as stored
+    # (e.g. UCR sets the archive already z-normalised per series).
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
 
     def train_valid(self) -> Split:
         """Train and valid concatenated, for training the final network after the search.
@@ -226,9 +231,11 @@ def _make_dataset(
 ) -> Dataset:
     """Standardise (train statistics only) and wrap ``[(x, y)] * 3`` as a :class:`Dataset`."""
     xs = [np.asarray(x, dtype=np.float64) for x, _ in parts]
+    stats = (None, None)
     if standardize:
         mean, std = _channel_stats(xs[0])
         xs = [(x - mean) / std for x in xs]
+        stats = tuple(tuple(float(v) for v in a.reshape(-1)) for a in (mean, std))
     splits = [_to_split(x, y) for x, (_, y) in zip(xs, parts)]
     x0 = splits[0].x
     return Dataset(
@@ -240,6 +247,8 @@ def _make_dataset(
         in_channels=int(x0.shape[1]),
         input_shape=(int(x0.shape[2]), int(x0.shape[3])),
         class_names=tuple(str(c) for c in class_names),
+        input_mean=stats[0],
+        input_std=stats[1],
     )
 
 

@@ -81,6 +81,9 @@ def test_watch_split_by_subject(watch: D.Dataset) -> None:
     std = train_raw.std(axis=(0, 2), keepdims=True)
     for split, ref in ((watch.train, train_raw), (watch.test, test_raw), (watch.valid, valid_raw)):
         np.testing.assert_allclose(split.x[..., 0].numpy(), (ref - mean) / std, atol=1e-4)
+    # the statistics travel with the dataset, for preparing new data on a device the same way
+    np.testing.assert_allclose(watch.input_mean, mean.reshape(-1), rtol=1e-12)
+    np.testing.assert_allclose(watch.input_std, std.reshape(-1), rtol=1e-12)
     # No test window appears among the train windows.
     train_rows = {r.tobytes() for r in watch.train.x.numpy()}
     assert not any(r.tobytes() in train_rows for r in watch.test.x.numpy())

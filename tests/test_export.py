@@ -86,6 +86,11 @@ def test_export_writes_both_models_and_a_report(exported):
     assert report["float32"]["bytes"] == (run / "model.onnx").stat().st_size
     assert report["calibration_split"] == "valid" and report["calibration_samples"] == 24  # 20% of 120
     assert report["test_samples"] == 24
+    # what a device needs to prepare new inputs: the train split's per-channel statistics
+    ds = load_dataset(json.loads((run / "config.json").read_text())["cli"]["data"])
+    assert len(report["input_mean"]) == len(report["input_std"]) == 2
+    assert report["input_mean"] == list(ds.input_mean) and report["input_std"] == list(ds.input_std)
+    assert "input_mean[c]" in report["preprocessing"]
     assert f"{report['int8']['test_acc']:.4f}" in out and f"{report['float32']['test_acc']:.4f}" in out
     # fnas show reports the export
     code, shown, _ = fnas("show", run)

@@ -23,8 +23,8 @@ Contenders, all trained from scratch with one recipe (``fnas.train.train_model``
 momentum, lr from the CLI default, cosine, label smoothing 0.1) on train + validation, tested once:
 
 - ``fnas first order`` / ``fnas exact``: budgeted DARTS search with the CLI's default settings
-  (``fnas.cli.DEFAULTS``: arch_lr, warm-up share, penalty, ...; only the epochs are scaled to the
-  study's time), first-order or exact second-order hypergradient.
+  (``fnas.cli.DEFAULTS``: arch_lr, warm-up share, penalty, genotype selection, ...; only the epochs
+  are scaled to the study's time), first-order or exact second-order hypergradient.
 - ``random search``: genotypes drawn uniformly from the same space (``fnas.random_genotype``), kept
   if within budget, each trained with the same recipe on the search-train split and scored on the
   validation split, for as long as fnas' first-order search took (CPU time); the best by validation
@@ -74,12 +74,12 @@ WIDTH_FOR_BUDGET = {5_000: 4, 20_000: 8}  # C of the search space (layers etc. a
 CONTENDERS = ("fnas first order", "fnas exact", "random search", "hand-designed FCN")
 # Per dataset: batch size, search epochs (of which warm-up: the CLI's share), training epochs.
 SETTINGS = {
-    "watch": {"batch": 64, "search_epochs": 5, "train_epochs": 15},
-    "ecg5000": {"batch": 32, "search_epochs": 16, "train_epochs": 30},
+    "watch": {"batch": 64, "search_epochs": 5, "train_epochs": 15, "selection": DEFAULTS["selection"]},
+    "ecg5000": {"batch": 32, "search_epochs": 16, "train_epochs": 30, "selection": DEFAULTS["selection"]},
 }
 QUICK = {
-    "watch": {"batch": 64, "search_epochs": 2, "train_epochs": 2},
-    "ecg5000": {"batch": 32, "search_epochs": 2, "train_epochs": 2},
+    "watch": {"batch": 64, "search_epochs": 2, "train_epochs": 2, "selection": DEFAULTS["selection"]},
+    "ecg5000": {"batch": 32, "search_epochs": 2, "train_epochs": 2, "selection": DEFAULTS["selection"]},
 }
 
 
@@ -205,7 +205,7 @@ def run_fnas(ds, budget: int, seed: int, s: dict, hypergrad: str) -> dict:
         warnings.simplefilter("ignore")  # a budget miss is fixed by the safeguard and recorded below
         result, cpu_s, wall_s = _timed(lambda: run_search(
             cfg, train_loader, valid_loader, epochs=s["search_epochs"], gen=torch.Generator().manual_seed(seed),
-            progress=False,
+            progress=False, selection=s["selection"],
         ))  # fmt: skip
     model = _network(space, result.genotype, seed)
     acc, cpu_t, wall_t = _timed(lambda: _train_and_test(model, ds, s, seed))
@@ -260,16 +260,25 @@ def run_fcn(ds, budget: int, seed: int, s: dict) -> dict:
     return {**cost, "test_acc": acc, "search_cpu_s": 0.0, "train_cpu_s": cpu_t, "wall_s": wall_t, "width": width}
 
 
-def job(dataset: str, budget: int, seed: int, settings: dict, path: str) -> dict:
+def job(dataset: str, budget: int, seed: int, settings: dict, path: str, contenders=CONTENDERS, reused=None) -> dict:
+    """Run ``contenders`` of one (dataset, budget, seed); rows of ``reused`` (an earlier job) fill the rest."""
     torch.set_num_threads(1)
     ds = load(dataset)
     s = settings[dataset]
     rows = {}
-    rows["fnas first order"] = run_fnas(ds, budget, seed, s, "first_order")
-    rows["fnas exact"] = run_fnas(ds, budget, seed, s, "exact")
-    rows["random search"] = run_random(ds, budget, seed, s, rows["fnas first order"]["search_cpu_s"])
-    rows["hand-designed FCN"] = run_fcn(ds, budget, seed, s)
-    out = {"dataset": dataset, "budget": budget, "seed": seed, "settings": s, "rows": rows}
+    for name in CONTENDERS:
+        if name not in contenders:
+            rows[name] = {**reused["rows"][name], "reused": True}
+        elif name == "fnas first order":
+            rows[name] = run_fnas(ds, budget, seed, s, "first_order")
+        elif name == "fnas exact":
+            rows[name] = run_fnas(ds, budget, seed, s, "exact")
+        elif name == "random search":  # as much CPU time as fnas' first-order search (and selection)
+            rows[name] = run_random(ds, budget, seed, s, rows["fnas first order"]["search_cpu_s"])
+        else:
+            rows[name] = run_fcn(ds, budget, seed, s)
+    out = {"dataset": dataset, "budget": budget, "seed": seed, "settings": s, "rows": rows,
+           "contenders_run": list(contenders)}
     from fnas.runs import atomic_write_json
 
     atomic_write_json(Path(path), out)
@@ -322,6 +331,7 @@ def render_table(table: dict, dataset: str) -> str:
             cpu_search, cpu_train = _stats(cell["search_cpu_s"])[0], _stats(cell["train_cpu_s"])[0]
             wall = _stats(cell["wall_s"])[0]
             extra = f" ({_stats(cell['candidates'])[0]:.1f} candidates)" if "candidates" in cell else ""
+            extra += " (reused)" if "reused" in cell else ""
             lines.append(
                 f"| {budget:,} | {name}{extra} | **{100 * acc_m:.1f}** ± {100 * acc_sd:.1f}% | {params:,.0f} | "
                 f"{macs:,.0f} | {sram:,.0f} B | {cpu_search:.0f} + {cpu_train:.0f} | {wall:.0f} |"
@@ -407,7 +417,7 @@ def report(results: list[dict], args, settings: dict, elapsed: float) -> str:
         + "), epochs scaled to the study's time: "
         + "; ".join(
             f"{d}: batch {s['batch']}, search {s['search_epochs']} epochs ({warmup_epochs(s['search_epochs'])} "
-            f"warm-up), training {s['train_epochs']} epochs"
+            f"warm-up), genotype selection by {s.get('selection', 'alphas')}, training {s['train_epochs']} epochs"
             for d, s in settings.items() if d in datasets
         )
         + ".\n",
@@ -430,6 +440,8 @@ def report(results: list[dict], args, settings: dict, elapsed: float) -> str:
                 f"{dataset} {budget:,} {name}: {_stats(cell['skip_connects'])[0]:.1f} skip-connects, "
                 f"{_stats(cell['parameter_free'])[0]:.1f} parameter-free ops of 8"
             )
+    if any("reused" in cell for cell in table.values()):
+        parts.append("Rows marked (reused) were not rerun: they come from the earlier run named by `--reuse`.\n")
     parts.append("Parameter-free ops per derived genotype (mean over seeds; a sign of DARTS' collapse when high):\n\n"
                  + "\n".join(f"- {line}" for line in skips) + "\n")
     return "\n".join(parts)
@@ -444,11 +456,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "quality")
     parser.add_argument("--quick", action="store_true", help="2 epochs everywhere: a smoke run, not a result")
     parser.add_argument("--fresh", action="store_true", help="redo jobs that already have results")
+    parser.add_argument("--selection", choices=["alphas", "perturbation"], default=DEFAULTS["selection"],
+                        help="how fnas reads the genotype off the supernet (default: the CLI's)")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS),
+                        help="run only these; the others' rows come from --reuse")
+    parser.add_argument("--reuse", type=Path, help="an earlier --out whose jobs supply the contenders not run")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
-    settings = QUICK if args.quick else SETTINGS
+    settings = {d: {**v, "selection": args.selection} for d, v in (QUICK if args.quick else SETTINGS).items()}
+    skipped = [n for n in CONTENDERS if n not in args.contenders]
+    if skipped and args.reuse is None:
+        parser.error(f"--contenders leaves out {skipped}: name an earlier --out with --reuse to take their rows from")
+    if "random search" in args.contenders and "fnas first order" not in args.contenders:
+        parser.error("random search gets fnas first order's CPU time: run both")
     for dataset in args.datasets:  # fail before an hour of work: data present, budgets reachable
         ds = load(dataset)
         for budget in args.budgets:
@@ -463,10 +485,16 @@ def main(argv: list[str] | None = None) -> None:
         path = jobs_dir / f"{dataset}-{budget}-{seed}.json"
         if path.is_file() and not args.fresh:
             data = json.loads(path.read_text())
-            if data.get("settings") == settings[dataset]:
+            if data.get("settings") == settings[dataset] and data.get("contenders_run", CONTENDERS) == args.contenders:
                 results.append(data)
                 continue
-        todo.append((dataset, budget, seed, settings, str(path)))
+        reused = None
+        if skipped:
+            earlier = args.reuse / "jobs" / path.name
+            if not earlier.is_file():
+                raise SystemExit(f"--reuse {args.reuse}: no {earlier.name} there to take {skipped} from")
+            reused = json.loads(earlier.read_text())
+        todo.append((dataset, budget, seed, settings, str(path), tuple(args.contenders), reused))
     print(f"{len(results)} job(s) done before, {len(todo)} to run with {args.workers} worker(s)", flush=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=get_context("spawn")) as pool:

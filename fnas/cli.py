@@ -55,6 +55,9 @@ DEFAULTS = {
     "penalty_weight": 1.0,
     "beta_weight": 0.0,
     "partial_channels": 1,
+    # How the genotype is read off the searched supernet: "perturbation" (Wang et al. 2021) beat
+    # DARTS' alpha argmax ("alphas") and random search in bench/quality.py; see README.
+    "selection": "perturbation",
     "train_lr": 0.05,
     "seed": 0,
     # One thread: these networks are small, and on 2-core VMs two threads are often slower.
@@ -158,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
     s.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
                    help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
+    s.add_argument("--selection", choices=["perturbation", "alphas"], default=d["selection"],
+                   help="how the genotype is read off the supernet: per node the op whose removal raises the "
+                   "validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS)")
     s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
     s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
@@ -654,7 +660,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
             result = run_search(cfg, train_loader, valid_loader, epochs=args.epochs, gen=gen, device=device,
                                 progress=not args.quiet, on_epoch=on_epoch, checkpoint=out / "checkpoint.pt",
                                 checkpoint_every=args.checkpoint_every,
-                                resume=out / "checkpoint.pt" if resume_dir is not None else None)
+                                resume=out / "checkpoint.pt" if resume_dir is not None else None,
+                                selection=args.selection)
     finally:
         if world > 1:
             import torch.distributed as dist

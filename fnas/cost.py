@@ -871,6 +871,7 @@ def derive_within_budget(
     max_macs: int | None = None,
     max_sram_bytes: int | None = None,
     sram_bytes_per_elem: int = 1,
+    scores: Mapping[str, Tensor] | None = None,
 ) -> Genotype_CNN:
     """The strongest genotype whose exact cost meets every budget: the search's hard guarantee.
 
@@ -891,10 +892,14 @@ def derive_within_budget(
         max_params, max_macs, max_sram_bytes: budgets that override the config's (None: the
             config's, if any). SRAM in bytes.
         sram_bytes_per_elem: 1 for int8 inference (the search's convention), 4 for float32.
+        scores: optional ``{"normal", "reduce"}`` per-(edge, op) scores to maximise (summed over
+            nodes) instead of ``log softmax(alpha_edge)_op``, e.g.
+            :func:`fnas.selection.perturbation_scores`; the unconstrained pick is then per node the
+            largest score (:func:`fnas.selection.select_by_perturbation`).
 
     Returns:
-        A :class:`Genotype_CNN`; ``derive_genotype(alphas, cfg)`` itself when no budget is set or
-        it meets them.
+        A :class:`Genotype_CNN`; the unconstrained pick (``derive_genotype(alphas, cfg)`` without
+        ``scores``) itself when no budget is set or it meets them.
 
     Raises:
         ValueError: a budget below the space's cheapest genotype (naming the minimum, as
@@ -911,7 +916,13 @@ def derive_within_budget(
     budgets.update({m: b for m, b in given.items() if b is not None})
     check_budget(space, budgets["params"], budgets["macs"], budgets["sram"], sram_bytes_per_elem=sram_bytes_per_elem)
     _check_alphas(alphas, space)
-    genotype = derive_genotype(alphas, space)
+    if scores is None:
+        genotype = derive_genotype(alphas, space)
+    else:
+        from fnas.selection import select_by_perturbation
+
+        _check_alphas(scores, space)
+        genotype = select_by_perturbation(scores, space)
     if all(b is None for b in budgets.values()) or not _misses(genotype, space, budgets, sram_bytes_per_elem):
         return genotype
     tables = _tables(space)
@@ -921,8 +932,11 @@ def derive_within_budget(
     best = [_Partial(0.0, tuple(0 for _ in metrics), ())]
     kinds = [kind for kind in ("normal", "reduce") if kind in tables.kinds]
     for kind in kinds:
-        scores = torch.log_softmax(alphas[kind].detach().double().cpu(), dim=-1)
-        options = _cell_options(kind, scores, space, tables, metrics, room, sram)
+        if scores is None:
+            node_scores = torch.log_softmax(alphas[kind].detach().double().cpu(), dim=-1)
+        else:
+            node_scores = scores[kind].detach().double().cpu()
+        options = _cell_options(kind, node_scores, space, tables, metrics, room, sram)
         best = _pareto(
             [
                 _Partial(p.score + o.score, tuple(a + b for a, b in zip(p.cost, o.cost)), p.picks + (o.picks,))

@@ -370,6 +370,8 @@ def run_search(
     resume=None,
     state: SearchState | None = None,
     data_parallel: bool | None = None,
+    selection: str = "alphas",
+    selection_samples: int = 256,
 ) -> SearchResult:
     """Search for ``epochs`` epochs over ``train_loader`` (alphas on batches of ``valid_loader``).
 
@@ -400,6 +402,14 @@ def run_search(
             metrics are averaged over the ranks (so all ranks stop together on a non-finite one),
             and only rank 0 writes ``checkpoint``, shows progress and calls ``on_epoch``. Every
             rank returns the same result.
+        selection: how the final genotype is read off the searched supernet: ``"alphas"`` (DARTS:
+            per node the largest softmax weight) or ``"perturbation"`` (per node the (edge, op)
+            whose removal raises the supernet's validation loss most, Wang et al. ICLR 2021; see
+            :mod:`fnas.selection`; with budgets, the best-scoring genotype within them). The CLI
+            defaults to ``"perturbation"``, which won ``bench/quality.py``.
+        selection_samples: validation samples the perturbation scores are measured on (the
+            first ones of ``valid_loader``'s dataset, in order, when it has one; else its first
+            batches).
 
     Returns:
         A :class:`SearchResult`.
@@ -414,6 +424,10 @@ def run_search(
     """
     import contextlib
 
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if not isinstance(selection_samples, int) or selection_samples < 1:
+        raise ValueError(f"selection_samples must be a positive int, got {selection_samples!r}")
     if data_parallel is None:
         data_parallel = distributed.is_active() or distributed.world_size() > 1
     if data_parallel and compile:
@@ -428,11 +442,53 @@ def run_search(
     with mode:
         return _run_search(cfg, train_loader, valid_loader, epochs=epochs, gen=gen, device=device,
                            progress=progress, compile=compile, on_epoch=on_epoch, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every, resume=resume, state=state)
+                           checkpoint_every=checkpoint_every, resume=resume, state=state, selection=selection,
+                           selection_samples=selection_samples)
+
+
+SELECTIONS = ("alphas", "perturbation")
+
+
+def _selection_batches(valid_loader, n: int, device) -> list:
+    """Up to ``n`` validation samples for the perturbation scores, without touching any RNG."""
+    data = getattr(valid_loader, "dataset", None)
+    if data is not None and hasattr(data, "__len__") and len(data) > 0:
+        batch_size = getattr(valid_loader, "batch_size", None) or 64
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(data, range(min(n, len(data)))),
+                                             batch_size=batch_size, shuffle=False)
+    else:
+        loader = valid_loader
+    batches, seen = [], 0
+    for x, y in loader:
+        if seen >= n:
+            break
+        if y.shape[0] < 2:  # BatchNorm needs two samples
+            continue
+        batches.append((x.to(device), y.to(device)))
+        seen += y.shape[0]
+    return batches
+
+
+def _select(state: SearchState, cfg: SearchConfig, valid_loader, selection: str, n: int, device):
+    """The final genotype and, when it had to be replaced to meet a budget, how the first pick missed."""
+    from fnas.genotypes import derive_genotype
+
+    if selection == "perturbation":
+        from fnas.selection import perturbation_scores, select_by_perturbation
+
+        scores = perturbation_scores(state.weights, state.alphas, state.stats,
+                                     _selection_batches(valid_loader, n, device), cfg=cfg)
+        first = select_by_perturbation(scores, cfg)
+    else:
+        scores, first = None, derive_genotype(state.alphas, cfg.space)
+    misses = over_budget(first, cfg)
+    if not misses:
+        return first, []
+    return cost.derive_within_budget(state.alphas, cfg, scores=scores), misses
 
 
 def _run_search(cfg, train_loader, valid_loader, *, epochs, gen, device, progress, compile, on_epoch, checkpoint,
-                checkpoint_every, resume, state) -> SearchResult:
+                checkpoint_every, resume, state, selection, selection_samples) -> SearchResult:
     """The body of :func:`run_search`, in the data-parallel mode it has set."""
     import dataclasses
 
@@ -575,17 +631,15 @@ def _run_search(cfg, train_loader, valid_loader, *, epochs, gen, device, progres
             on_epoch(epoch, state, record)
         save(epoch + 1, 0)
 
-    genotype = derive_genotype(state.alphas, space)
+    genotype, first_misses = _select(state, cfg, valid_loader, selection, selection_samples, device)
     budget_misses = over_budget(genotype, cfg)
-    if budget_misses:
+    if first_misses and selection == "alphas":
         # the hard guarantee: the strongest genotype (by the alphas) whose exact cost fits
-        genotype = cost.derive_within_budget(state.alphas, cfg)
         warnings.warn(
-            f"The searched argmax genotype missed its budget ({'; '.join(budget_misses)}); using the "
+            f"The searched argmax genotype missed its budget ({'; '.join(first_misses)}); using the "
             "strongest genotype within budget instead (fnas.cost.derive_within_budget)",
             stacklevel=2,
         )
-        budget_misses = over_budget(genotype, cfg)
     model = NetworkCnn(
         space.C,
         space.num_classes,

@@ -553,6 +553,31 @@ def test_derive_within_budget_is_the_best_genotype_within_budget(dwb_costs, seed
         assert genotype == plain
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_derive_within_budget_maximises_given_scores(dwb_costs, seed: int) -> None:
+    # scores (e.g. perturbation scores) replace log softmax(alpha) as the knapsack's objective
+    gen = torch.Generator().manual_seed(100 + seed)
+    alphas = {k: torch.randn(DWB_SPACE.num_edges, 3, generator=gen) for k in ("normal", "reduce")}
+    scores = {k: torch.randn(DWB_SPACE.num_edges, 3, generator=gen, dtype=torch.float64) for k in alphas}
+    for k in scores:
+        scores[k][:, 0] = float("-inf")  # 'none'
+
+    def total(g):
+        return sum(float(scores[kind][j * (j - 1) // 2 + i, DWB_SPACE.primitives.index(op)])
+                   for kind in ("normal", "reduce") for j, (op, i) in enumerate(getattr(g, kind), start=1))
+
+    low, high = K.min_cost(DWB_SPACE, "params"), K.max_cost(DWB_SPACE, "params")
+    budget = int(low + (0.2 + 0.2 * seed) * (high - low))
+    genotype = K.derive_within_budget(alphas, DWB_SPACE, max_params=budget, scores=scores)
+    assert dwb_costs[_key(genotype)][1]["params"] <= budget
+    feasible = [g for g, c in dwb_costs.values() if c["params"] <= budget]
+    assert total(genotype) == pytest.approx(max(total(g) for g in feasible), abs=1e-9)
+    # no budget: the per-node argmax of the scores
+    from fnas.selection import select_by_perturbation
+
+    assert K.derive_within_budget(alphas, DWB_SPACE, scores=scores) == select_by_perturbation(scores, DWB_SPACE)
+
+
 def _key(genotype: Genotype_CNN) -> tuple:
     return tuple(map(tuple, genotype.normal)), tuple(map(tuple, genotype.reduce))
 

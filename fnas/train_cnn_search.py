@@ -101,7 +101,8 @@ def search_and_get_model(args: Any) -> torch.nn.Module:
     second-order architecture gradient. The input shape is read from the first training batch,
     which must be ``(N, in_channels, T, 1)`` or ``(N, in_channels, H, W)``. Optional fields:
     ``seed`` (default 0), ``primitives`` (default ``fnas.genotypes.PRIMITIVES_CNN``),
-    ``progress`` (default True).
+    ``progress`` (default True), ``selection`` (default ``"alphas"``, the seed's DARTS argmax;
+    ``"perturbation"`` is what ``fnas search`` uses, see :func:`fnas.search.run_search`).
 
     Returns:
         A freshly initialised :class:`fnas.model.NetworkCnn` of the derived genotype (train it
@@ -134,6 +135,7 @@ def search_and_get_model(args: Any) -> torch.nn.Module:
         gen=gen,
         device=device,
         progress=bool(getattr(args, "progress", True)),
+        selection=getattr(args, "selection", "alphas"),
     )
     model = result.model.to(device)
     model.search_result = result

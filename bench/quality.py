@@ -45,8 +45,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import platform
 import sys
 import time
 import warnings
@@ -68,6 +66,9 @@ from fnas.genotypes import genotype_to_dict, random_genotype  # noqa: E402
 from fnas.model import NetworkCnn  # noqa: E402
 from fnas.search import run_search  # noqa: E402
 from fnas.train import TrainConfig, evaluate, train_model  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from pareto import machine  # noqa: E402  (the machine line every bench report carries)
 
 BUDGETS = (5_000, 20_000)
 WIDTH_FOR_BUDGET = {5_000: 4, 20_000: 8}  # C of the search space (layers etc. as the CLI's)
@@ -390,19 +391,6 @@ def plot(table: dict, datasets: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def report(results: list[dict], args, settings: dict, elapsed: float) -> str:
     datasets = [d for d in args.datasets if any(r["dataset"] == d for r in results)]
     table = summarise(results)
@@ -463,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse", type=Path, help="an earlier --out whose jobs supply the contenders not run")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    torch.set_num_threads(1)  # like the jobs; the report's machine line says so
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     settings = {d: {**v, "selection": args.selection} for d, v in (QUICK if args.quick else SETTINGS).items()}

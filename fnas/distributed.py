@@ -147,25 +147,9 @@ class AllReduceSum(torch.autograd.Function):
         return AllReduceSum.apply(tangent)
 
 
-class AllReduceMean(torch.autograd.Function):
-    """``mean_q x_q`` over the ranks, on every rank (see :class:`AllReduceSum`)."""
-
-    @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        y = _all_reduce_sum(x)
-        return y.div_(world_size(_GROUP))
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return AllReduceMean.apply(grad)
-
-    @staticmethod
-    def jvp(ctx, tangent: Tensor) -> Tensor:
-        return AllReduceMean.apply(tangent)
+def _mean_over_ranks(x: Tensor) -> Tensor:
+    """``mean_q x_q`` over the ranks, differentiable to any order (:class:`AllReduceSum` scaled)."""
+    return AllReduceSum.apply(x) / world_size(_GROUP)
 
 
 class SyncGrad(torch.autograd.Function):
@@ -185,7 +169,7 @@ class SyncGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
-        flat = AllReduceMean.apply(torch.cat([g.reshape(-1) for g in grads]))
+        flat = _mean_over_ranks(torch.cat([g.reshape(-1) for g in grads]))
         parts = flat.split([g.numel() for g in grads])
         return tuple(p.reshape(g.shape).to(g.dtype) for p, g in zip(parts, grads))
 
@@ -201,7 +185,7 @@ def all_reduce_sum(x: Tensor) -> Tensor:
 
 def all_reduce_mean(x: Tensor) -> Tensor:
     """Differentiable mean over the active group's ranks (the identity when data parallelism is off)."""
-    return AllReduceMean.apply(x) if _ACTIVE else x
+    return _mean_over_ranks(x) if _ACTIVE else x
 
 
 def all_gather(x: Tensor) -> Tensor:
@@ -317,7 +301,6 @@ def shard(batch: Any, *, what: str = "global") -> Any:
 
 
 __all__ = [
-    "AllReduceMean",
     "AllReduceSum",
     "SyncGrad",
     "active_rank",

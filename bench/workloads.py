@@ -27,7 +27,7 @@ from fnas import primitives as P
 from fnas import tree
 from fnas.config import SearchConfig, SpaceConfig
 from fnas.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
-from fnas.search import current_lr, init_search, search_step, supernet_loss, weight_step
+from fnas.search import compile_search_step, current_lr, init_search, search_step, supernet_loss, weight_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_baseline as sb  # noqa: E402
@@ -38,11 +38,14 @@ Tensor = torch.Tensor
 
 DEFAULT_1D = SpaceConfig()  # batch 64, 6 x 128 x 1 input, C=16, 8 cells, 4 nodes, the seed's 7 primitives
 SMALL_1D = SpaceConfig(C=8, layers=5)  # batch 32
+TINY_1D = SpaceConfig(C=4, layers=3, nodes=2, multiplier=2)  # batch 32; inductor compiles its step in minutes
 DARTS_2D = SpaceConfig(
     C=8, layers=5, in_channels=3, input_shape=(32, 32), num_classes=10, primitives=P.DARTS_2D
 )  # batch 32, CIFAR-shaped
-SPACES: dict[str, SpaceConfig] = {"default_1d": DEFAULT_1D, "small_1d": SMALL_1D, "darts_2d": DARTS_2D}
-BATCH: dict[str, int] = {"default_1d": 64, "small_1d": 32, "darts_2d": 32}
+SPACES: dict[str, SpaceConfig] = {
+    "default_1d": DEFAULT_1D, "small_1d": SMALL_1D, "tiny_1d": TINY_1D, "darts_2d": DARTS_2D,
+}  # fmt: skip
+BATCH: dict[str, int] = {"default_1d": 64, "small_1d": 32, "tiny_1d": 32, "darts_2d": 32}
 
 SEED = 0
 
@@ -309,9 +312,10 @@ def build_step(
     cfg = search_config(sp, method, k)
     train = make_batches(sp, n, k, seed=seed + 2) if k > 1 else make_batch(sp, n, seed=seed + 2)
     holder = [init_search(cfg, make_gen(seed))]
-    step = functools.partial(search_step, cfg=cfg)
     if name.endswith("_compiled"):
-        step = torch.compile(step, backend=compile_backend)
+        step = compile_search_step(cfg, backend=compile_backend)
+    else:
+        step = functools.partial(search_step, cfg=cfg)
 
     def run():
         holder[0], metrics = step(holder[0], train, valid)

@@ -250,6 +250,60 @@ def search_step(state: SearchState, train_batch: Any, valid_batch: Batch, *, cfg
     return state, {**w_metrics, **arch_metrics}
 
 
+def _in_layout_of(new: Tensor, old: Tensor) -> Tensor:
+    """``new`` laid out with ``old``'s strides: under ``torch.compile`` a fixed output layout, which
+    inductor writes straight from the kernel that computes ``new``."""
+    return torch.empty_strided(old.shape, old.stride(), dtype=new.dtype, device=new.device).copy_(new)
+
+
+def _unaliased(state: SearchState) -> SearchState:
+    """``state`` with every tensor that appears at several leaves replaced by copies beyond the first."""
+    seen: set[int] = set()
+
+    def own(t: Tensor) -> Tensor:
+        if id(t) in seen:
+            return t.clone()
+        seen.add(id(t))
+        return t
+
+    return tree.map(own, state)
+
+
+def compile_search_step(cfg: SearchConfig, *, backend="inductor", **compile_kwargs):
+    """:func:`search_step` for ``cfg`` under ``torch.compile``: ``step(state, train_batch,
+    valid_batch) -> (new_state, metrics)``.
+
+    The compiled function contains the ``torch.func`` transforms, so they are traced into the
+    graph (a compiled function called *inside* an eager transform would silently run eagerly).
+    The new state is handed back so that the next call passes dynamo's guards and reuses the
+    first graph instead of compiling the whole step again (as long as the first compile):
+
+    - in the memory layout of the state it was given: inductor may pick other strides for
+      equivalent layouts (a ``(C, C', 1, 1)`` kernel's momentum, say); the copy into the old
+      layout happens inside the graph, written straight by the kernel that computes the value;
+    - without aliases: inductor returns one buffer for outputs it computes identically (the
+      pool BatchNorm statistics that every edge leaving a state shares), so such leaves are
+      copied apart after the call (a few small vectors).
+
+    Args:
+        cfg: the static search config (part of the compiled function, not an argument of it).
+        backend, compile_kwargs: passed to ``torch.compile`` (tests use ``backend="aot_eager"``).
+    """
+
+    def step(state: SearchState, train_batch: Any, valid_batch: Batch):
+        new, metrics = search_step(state, train_batch, valid_batch, cfg=cfg)
+        return tree.map(_in_layout_of, new, state), metrics
+
+    compiled = torch.compile(step, backend=backend, **compile_kwargs)
+
+    def compiled_step(state: SearchState, train_batch: Any, valid_batch: Batch):
+        """:func:`search_step`, compiled (see :func:`compile_search_step`)."""
+        new, metrics = compiled(state, train_batch, valid_batch)
+        return _unaliased(new), metrics
+
+    return compiled_step
+
+
 # --- the loop -------------------------------------------------------------------------------
 
 
@@ -382,7 +436,11 @@ def run_search(
         gen: initialises the supernet and then the final model.
         device: where the search runs.
         progress: show a tqdm bar per epoch with live loss, accuracy, lr and expected cost.
-        compile: run ``torch.compile`` of the whole step (inductor) instead of the eager step.
+        compile: run the whole step compiled (:func:`compile_search_step`) instead of eagerly:
+            ``True`` for inductor, or the name of a ``torch.compile`` backend (e.g. ``"aot_eager"``).
+            On CPU, inductor's first compile of a search network takes minutes (about 12 for the
+            CLI's default network on one core); later runs of the same network load it from
+            inductor's cache.
         on_epoch: optional ``callback(epoch, state, record)`` after each epoch (logs, plots).
         checkpoint: path of the checkpoint file; written atomically at the end of every epoch and
             every ``checkpoint_every`` steps (0: epoch ends only).
@@ -430,6 +488,8 @@ def run_search(
         raise ValueError(f"selection_samples must be a positive int, got {selection_samples!r}")
     if data_parallel is None:
         data_parallel = distributed.is_active() or distributed.world_size() > 1
+    if not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
     if data_parallel and compile:
         raise ValueError(
             "compile=True is not supported in data-parallel mode (the step's collectives would be traced); "
@@ -547,11 +607,10 @@ def _run_search(cfg, train_loader, valid_loader, *, epochs, gen, device, progres
     state = tree.map(lambda t: t.to(device), state)
     if dp:  # every rank starts from rank 0's state (as DDP does); they stay equal step by step
         state = distributed.broadcast_tree(state)
-    step_fn = search_step
     if compile:
-        import functools
-
-        step_fn = torch.compile(functools.partial(search_step, cfg=cfg))
+        step_fn = compile_search_step(cfg, backend="inductor" if compile is True else compile)
+    else:
+        step_fn = search_step
 
     def save(epoch: int, batch: int) -> None:
         if checkpoint is None or not lead:

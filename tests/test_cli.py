@@ -96,6 +96,27 @@ def test_search_writes_a_run_folder(run, npz):
         assert (run / "plots" / name).read_bytes()[:8] == PNG, name
 
 
+def test_search_compile_runs_the_compiled_step(npz, tmp_path, monkeypatch):
+    """``--compile`` reaches run_search; the backend is swapped for aot_eager (inductor takes minutes)."""
+    import fnas.search as search_module
+
+    calls = []
+    original = search_module.compile_search_step
+
+    def spy(cfg, *, backend="inductor", **kw):
+        calls.append(backend)
+        return original(cfg, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(search_module, "compile_search_step", spy)
+    torch._dynamo.reset()
+    folder = tmp_path / "run"
+    code, _, err = fnas("search", "--data", npz, "--out", folder, "--train-epochs", "0", "--compile", *TINY)
+    assert code == 0, err
+    assert calls == ["inductor"]
+    assert json.loads((folder / "config.json").read_text())["cli"]["compile"] is True
+    assert (folder / "genotype.json").is_file()
+
+
 def test_show_prints_genotype_exact_cost_accuracy_and_plots(run):
     code, out, err = fnas("show", run)
     assert code == 0, err

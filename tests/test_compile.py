@@ -10,7 +10,15 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from fnas import tree
 from fnas.config import SearchConfig, SpaceConfig
-from fnas.search import init_search, search_step, stack_states, unstack_state, vmapped_search_step
+from fnas.search import (
+    compile_search_step,
+    init_search,
+    run_search,
+    search_step,
+    stack_states,
+    unstack_state,
+    vmapped_search_step,
+)
 
 TINY = SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(16, 1), nodes=2, multiplier=2,
                    stem_multiplier=1)
@@ -54,18 +62,93 @@ def test_search_step_compiles_whole_without_breaks_or_recompiles(hypergrad):
     assert abs(float(m1["train_loss"]) - float(em1["train_loss"])) < 1e-5
 
 
+def _relayout(state):
+    """The same state with some leaves in other memory layouts: every ``(C, C', 1, 1)`` kernel with
+    channels_last strides (equivalent memory, other strides; inductor returns such kernels' new
+    values and momenta this way) and every ``(C, C', k, 1)`` kernel truly channels_last."""
+
+    def move(t):
+        if t.ndim == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    return state._replace(weights=tree.map(move, state.weights),
+                          w_opt=type(state.w_opt)(tree.map(move, state.w_opt.momentum)))
+
+
+def test_compiled_step_returns_the_state_in_the_layouts_it_was_given():
+    torch._dynamo.reset()
+    cfg = SearchConfig(space=TINY, hypergrad="first_order")
+    state = _relayout(init_search(cfg, torch.Generator().manual_seed(0)))
+    moved = [t for t in tree.leaves(state) if t.ndim == 4]
+    assert moved and all(t.is_contiguous(memory_format=torch.channels_last) for t in moved)
+    counter = CompileCounterWithBackend("aot_eager")
+    step = compile_search_step(cfg, backend=counter)
+    s1, _ = step(state, *_batches())
+    for new, old in zip(tree.leaves(s1), tree.leaves(state)):
+        assert new.shape == old.shape and new.stride() == old.stride()
+    s2, _ = step(s1, *_batches(1))
+    assert counter.frame_count == 1, "the second step recompiled"
+    e1, _ = search_step(state, *_batches(), cfg=cfg)
+    e2, _ = search_step(e1, *_batches(1), cfg=cfg)
+    assert _max_diff(s2, e2) < 1e-4
+
+
+def test_unaliased_copies_a_tensor_that_sits_at_several_leaves():
+    from fnas.search import _unaliased
+
+    cfg = SearchConfig(space=TINY)
+    state = init_search(cfg, torch.Generator().manual_seed(0))
+    shared = torch.arange(4.0)
+    stats = {"a": {"m": shared}, "b": {"m": shared}, "c": {"m": torch.zeros(4)}}
+    out = _unaliased(state._replace(stats=stats))
+    assert out.stats["a"]["m"] is shared  # the first stays as it is
+    assert out.stats["b"]["m"] is not shared and torch.equal(out.stats["b"]["m"], shared)
+    assert out.stats["c"]["m"] is stats["c"]["m"]
+    ids = [id(t) for t in tree.leaves(out)]
+    assert len(ids) == len(set(ids))
+
+
+def test_run_search_compiled_equals_eager():
+    torch._dynamo.reset()
+    cfg = SearchConfig(space=TINY, hypergrad="first_order", warmup_steps=1)
+    train = [_batches(seed)[0] for seed in range(3)]
+    valid = [_batches(seed)[1] for seed in range(3)]  # other tensors: aliased inputs would recompile
+    results = {
+        mode: run_search(cfg, train, valid, epochs=2, gen=torch.Generator().manual_seed(0), progress=False,
+                         compile=mode)
+        for mode in (False, "aot_eager")
+    }
+    eager, compiled = results[False], results["aot_eager"]
+    assert _max_diff(compiled.state.alphas, eager.state.alphas) < 1e-4
+    assert _max_diff(compiled.state.weights, eager.state.weights) < 1e-4
+    assert compiled.genotype == eager.genotype
+    assert int(compiled.state.step) == int(eager.state.step) == 6
+
+
+def test_run_search_rejects_a_bad_compile_argument():
+    cfg = SearchConfig(space=TINY)
+    with pytest.raises(ValueError, match="compile must be a bool or a torch.compile backend name"):
+        run_search(cfg, [_batches()[0]], [_batches()[1]], epochs=1, gen=torch.Generator(), compile=1)
+
+
 @pytest.mark.slow
-def test_search_step_compiles_with_inductor():
+def test_search_step_compiles_with_inductor_once():
+    """Inductor picks its own strides for some outputs; the compiled step must still not recompile."""
     torch._dynamo.reset()
     cfg = SearchConfig(space=TINY, hypergrad="first_order")
     state = init_search(cfg, torch.Generator().manual_seed(0))
     train, valid = _batches()
     counter = CompileCounterWithBackend("inductor")
-    step = torch.compile(functools.partial(search_step, cfg=cfg), backend=counter)
+    step = compile_search_step(cfg, backend=counter)
     s1, _ = step(state, train, valid)
     e1, _ = search_step(state, train, valid, cfg=cfg)
     assert counter.frame_count == 1
     assert _max_diff(s1, e1) < 1e-4
+    s2, _ = step(s1, *_batches(1))
+    e2, _ = search_step(e1, *_batches(1), cfg=cfg)
+    assert counter.frame_count == 1, "the second step recompiled"
+    assert _max_diff(s2, e2) < 1e-4
 
 
 @pytest.mark.parametrize("shared_data", [True, False], ids=["shared-data", "own-data"])

@@ -358,6 +358,17 @@ def test_cli_rejects_a_batch_size_not_divisible_by_the_torchrun_world_size(tmp_p
     assert not out.exists()
 
 
+def test_cli_rejects_compile_under_torchrun(tmp_path, monkeypatch, capsys):
+    from fnas.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "run"
+    assert main(["search", "--data", str(_npz(tmp_path / "data.npz")), "--compile", "--out", str(out)]) == 2
+    assert "--compile is not supported in a torchrun job" in capsys.readouterr().err
+    assert not out.exists()
+
+
 # --- the CLI under torchrun ----------------------------------------------------------------------
 
 

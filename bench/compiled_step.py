@@ -8,8 +8,9 @@ compiled call (the cold compile) is timed on its own; both are checked to agree 
 (alphas and weights within float32 tolerance); then the two, and the seed-style baseline's step of
 the same network (``bench/seed_baseline.py``: its first-order step, and its finite-difference
 unrolled step beside fnas' exact one), run in alternation for ``--rounds`` rounds (consecutive
-steps of their own searches) and the minimum and median per step are reported. The compile counter says how many graphs dynamo built: one per method when the whole
-step is one graph, and no more after warm-up.
+steps of their own searches) and the minimum and median per step are reported. The compile
+counter says how many graphs dynamo built: one per method when the whole step is one graph, and
+no more after warm-up.
 
 Caches: ``--cache fresh`` (the default) runs everything against a new, empty inductor cache
 directory, so the first compile is what a user's first run pays (header precompilation included),
@@ -20,7 +21,8 @@ the same network pays (dynamo still traces; inductor loads the compiled graph fr
 Spaces: ``tiny_1d`` (C=4, 3 cells of 2 nodes, batch 32) compiles in minutes and is there to see the
 whole pipeline work; ``small_1d`` is the CLI's default search network (C=8, 5 cells, batch 32);
 ``default_1d`` is the benchmark's larger default (C=16, 8 cells, batch 64), whose inductor compile
-took longer than 25 minutes on a 2-core VM.
+took longer than 25 minutes on a 2-core VM. Measured on ``small_1d`` (bench/COMPILED.md): cold
+compiles of 12 (first order) and 32 (exact) minutes on one core, warm starts of 1-2 minutes.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def render(rows: list[dict], args, elapsed: float, matmul: float) -> str:
         "",
         "| space | method | eager step (min / median) | compiled step (min / median) | speed-up (min / median) "
         "| seed baseline step (min) | compiled vs baseline "
-        "| cold compile (first call) | warm start (later run) | graphs | max rel. diff after step 1 (alphas / weights) |",
+        "| cold compile (first call) | warm start (later run) | graphs "
+        "| max rel. diff after step 1 (alphas / weights) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cache", choices=("fresh", "off"), default="fresh",
                     help="fresh: an empty cache directory, then a warm start in a second process; off: no caches")
-    ap.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager: a quick check of this script)")
+    ap.add_argument("--backend", default="inductor",
+                    help="torch.compile backend (aot_eager: a quick check of this script)")
     ap.add_argument("--out", type=Path, default=HERE / "COMPILED.md")
     ap.add_argument("--warm-start", choices=sorted(METHODS), help=argparse.SUPPRESS)  # the second process
     args = ap.parse_args(argv)

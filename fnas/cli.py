@@ -167,8 +167,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--compile", action="store_true",
                    help="run the whole search step under torch.compile (inductor): about 2x faster steps on "
                    "CPU for the default network, after a first compile of about 12 minutes (32 for --hypergrad "
-                   "exact, whose compiled numerics are not yet verified at that size: see README) that later runs load from inductor's cache in 1-2 minutes "
-                   "(bench/COMPILED.md); pays off for long searches and repeated runs; not under torchrun")
+                   "exact, whose compiled numerics are not yet verified at that size: see README) that later "
+                   "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
+                   "searches and repeated runs; not under torchrun")
     s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
     s.add_argument("--max-sram", dest="max_sram_bytes", type=int,

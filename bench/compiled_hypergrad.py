@@ -2,8 +2,8 @@
 
     python bench/compiled_hypergrad.py [--space small_1d] [--backend inductor]
 
-Both compute ``hypergrad.exact`` (K=1, nested reverse mode, the form a compiled step takes) of
-the benchmark's state and batches for ``--space``. The script prints the compile time, the relative
+Both compute ``hypergrad.exact`` (K=1, nested reverse mode, the form a compiled step takes) on
+the benchmark's problem for ``--space`` (``workloads.hypergrad_problem``, at the initial state). The script prints the compile time, the relative
 L2 difference of the two alpha gradients and how many components changed sign (Adam's first step is
 about ``lr * sign(g)`` per component, so a sign change moves an alpha by a full learning rate).
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 import workloads as W  # noqa: E402
 
 from fnas import hypergrad, tree  # noqa: E402
-from fnas.search import init_search, supernet_loss  # noqa: E402
+from fnas.search import current_lr, supernet_loss  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,20 +38,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--backend", default="inductor")
     args = ap.parse_args(argv)
     W.use_one_thread()
-    sp = W.SPACES[args.space]
-    cfg = W.search_config(sp, "exact", 1)
-    state = init_search(cfg, W.make_gen(W.SEED))
-    n = W.BATCH[args.space]
-    valid, train = W.make_batch(sp, n, seed=W.SEED + 1), W.make_batch(sp, n, seed=W.SEED + 2)
-    kw = dict(xi=cfg.lr, momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay)
+    problem = W.hypergrad_problem(args.space, warmup_steps=0)
+    cfg, state = problem.cfg, problem.state
+    kw = dict(xi=current_lr(state.step, cfg), momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def hg(weights, alphas, momentum, stats, train, valid):
+        # the statistics are an input here (not closed over as in problem.loss_fn), like in a compiled step
         def loss_fn(w, a, b):
             return supernet_loss(w, a, stats, b, cfg=cfg)
 
         return hypergrad.exact(loss_fn, weights, alphas, momentum, train, valid, hvp="reverse", **kw)[0]
 
-    inputs = (state.weights, state.alphas, state.w_opt.momentum, state.stats, train, valid)
+    inputs = (state.weights, state.alphas, state.w_opt.momentum, state.stats, problem.train, problem.valid)
     eager = hg(*inputs)
     t0 = time.perf_counter()
     compiled = torch.compile(hg, backend=args.backend)(*inputs)

@@ -275,14 +275,22 @@ def step_twin(name: str) -> str:
 
 
 def build_step(
-    name: str, *, space: str = "default_1d", seed: int = SEED, batch: int | None = None, compile_backend: str = "inductor"
+    name: str,
+    *,
+    space: str = "default_1d",
+    seed: int = SEED,
+    batch: int | None = None,
+    compile_backend: str = "inductor",
+    reorder: int | None = None,
 ) -> Workload:
     """A search-step workload on ``SPACES[space]``: state and batches built here, ``run`` steps once.
 
     The fnas state is carried from call to call (as the baseline's modules are), so repeated calls
     are consecutive steps. For ``unroll_steps = K > 1`` the train batch is a list of K batches.
     Names ending in ``_compiled`` run ``torch.compile`` of the whole step, as ``run_search(...,
-    compile=True)`` does (the first call compiles).
+    compile=True)`` does (the first call compiles). ``reorder``: permute the rows of every batch with
+    this seed. Mathematically the same step (batch means and BatchNorm statistics do not depend on
+    the order), but other float32 round-off: a measured yardstick for "equal within float32".
 
     Raises:
         ValueError: unknown name or space, or a baseline step on a 2D space.
@@ -292,14 +300,14 @@ def build_step(
     impl, method, k, plain = parse_step(name)
     sp = SPACES[space]
     n = BATCH[space] if batch is None else batch
-    valid = make_batch(sp, n, seed=seed + 1)
+    valid = _reordered(make_batch(sp, n, seed=seed + 1), reorder)
     label = STEP_LABELS.get(name, name) + ("" if space == "default_1d" else f" [{space}]")
     if impl == "baseline":
         bcfg = baseline_config(sp)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             search = sb.BaselineSearch(bcfg)
-        train = make_batch(sp, n, seed=seed + 2)
+        train = _reordered(make_batch(sp, n, seed=seed + 2), reorder)
         unrolled = method == "finite_difference"
 
         def run():
@@ -311,6 +319,7 @@ def build_step(
         sp = dataclasses.replace(sp, fused=False)
     cfg = search_config(sp, method, k)
     train = make_batches(sp, n, k, seed=seed + 2) if k > 1 else make_batch(sp, n, seed=seed + 2)
+    train = [_reordered(b, reorder) for b in train] if k > 1 else _reordered(train, reorder)
     holder = [init_search(cfg, make_gen(seed))]
     if name.endswith("_compiled"):
         step = compile_search_step(cfg, backend=compile_backend)
@@ -322,6 +331,14 @@ def build_step(
         return metrics
 
     return Workload(name, run, step_twin(name), label, holder)
+
+
+def _reordered(batch: tuple[Tensor, Tensor], seed: int | None) -> tuple[Tensor, Tensor]:
+    """``batch`` with its rows permuted by a generator seeded with ``seed`` (``None``: unchanged)."""
+    if seed is None:
+        return batch
+    perm = torch.randperm(batch[0].shape[0], generator=make_gen(seed))
+    return tuple(t[perm] for t in batch)
 
 
 def build(name: str, **kw) -> Workload:

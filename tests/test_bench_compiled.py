@@ -29,5 +29,28 @@ def test_compiled_step_script_writes_its_table(tmp_path):
     assert cells[9] == "1 -> 1"  # one graph, no recompile over the timed steps
     alphas, weights = (float(v) for v in cells[10].split(" / "))
     assert alphas < 1e-4 and weights < 1e-3  # compiled and eager agree after one step
+    # the yardstick: eager on reordered rows is the same step, up to float32 round-off
+    r_alphas, r_weights = (float(v) for v in cells[11].split(" / "))
+    assert 0 <= r_alphas < 1e-4 and 0 < r_weights < 1e-3
     for cell in (cells[4], cells[6]):  # speed-ups are positive ratios
         assert float(re.search(r"([0-9.]+)x", cell).group(1)) > 0
+
+
+def test_reordered_batches_are_the_same_step():
+    import torch
+    import workloads as W
+
+    from fnas import tree
+
+    plain, reordered = (W.build_step("step_fnas_fo", space="tiny_1d", reorder=r) for r in (None, 1))
+    plain.run()
+    reordered.run()
+    a, b = plain.context[0], reordered.context[0]
+    # the rows really moved ...
+    x_plain = W.make_batch(W.SPACES["tiny_1d"], W.BATCH["tiny_1d"], seed=W.SEED + 2)[0]
+    x_reordered = W._reordered((x_plain, x_plain[:, 0, 0, 0]), 1)[0]
+    assert not torch.equal(x_plain, x_reordered)
+    assert torch.equal(x_plain.sort(dim=0).values, x_reordered.sort(dim=0).values)
+    # ... and the step is the same one to float32 round-off
+    for x, y in zip(tree.leaves((a.alphas, a.weights)), tree.leaves((b.alphas, b.weights))):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

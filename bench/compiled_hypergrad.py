@@ -1,6 +1,7 @@
 """The exact hypergradient alone, compiled vs eager, both measured against a float64 reference.
 
     python bench/compiled_hypergrad.py [--space small_1d] [--backend inductor] [--permutations 8]
+    python bench/compiled_hypergrad.py --kinks [--space small_1d] [--primitives none,avg_pool_3x1,...]
 
 Both compute ``hypergrad.exact`` (K=1, nested reverse mode, the form a compiled step takes) on
 the benchmark's problem for ``--space`` (``workloads.hypergrad_problem``, at the initial state).
@@ -22,10 +23,16 @@ The script prints the compile time, relative L2 distances (compiled vs eager, ea
 and sign changes (Adam's first step is about ``lr * sign(g)`` per component, so a sign change
 moves an alpha by a full learning rate).
 
-Measured here (torch 2.13 CPU, one thread; bench/COMPILED.md): on ``small_1d`` eager float32 is
-between 4.9e-4 and 1.5e-2 off float64 depending only on the batch order (up to 2 of 140 signs
-changed), and inductor's 1.5e-2 off eager lies inside that spread; on ``tiny_1d`` the spread is
-small and inductor agrees with eager to 2e-6. ``aot_eager`` agrees exactly (tested).
+Measured here (torch 2.13 CPU, one thread; README, Benchmarks), ``small_1d``, 8 orders:
+
+- eager float32 is 1.9e-4 to 1.5e-2 off float64 (median 3.5e-3), with 2-3 of 140 signs changed in
+  2 of the 8 orders; inductor is 1.9e-3 to 1.6e-2 off (median 1.5e-2), signs changed in 7 of 8;
+  float64 on a reordered batch agrees with itself to 7.5e-15;
+- ``--kinks``: the float64 hypergradient moves by 2-3x ``delta`` at 1e-8 and 1e-7, and jumps by
+  6e-4 to 1.6e-2 at 1e-6.
+
+On ``tiny_1d`` the jumps start at 1e-5 and inductor agrees with eager to 2e-6. ``aot_eager``
+agrees exactly (tested).
 """
 
 from __future__ import annotations
@@ -88,11 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--permutations", type=int, default=8, help="batch orders that measure the float32 spread")
     ap.add_argument("--kinks", action="store_true", help="only the float64 input-perturbation test (no compile)")
+    ap.add_argument("--primitives", type=lambda v: tuple(v.split(",")), default=None,
+                    help="comma-separated primitive set replacing the space's (e.g. to see which ones make kinks)")
     args = ap.parse_args(argv)
     if args.permutations < 1:
         ap.error("--permutations must be >= 1")
     W.use_one_thread()
-    problem = W.hypergrad_problem(args.space, warmup_steps=0)
+    problem = W.hypergrad_problem(args.space, warmup_steps=0, primitives=args.primitives)
     problem64 = problem.to(torch.float64)
     cfg = problem.cfg
     kw = dict(xi=current_lr(problem.state.step, cfg), momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         return (s.weights, s.alphas, s.w_opt.momentum, s.stats, train, valid)
 
     if args.kinks:
-        return {"space": args.space, "kinks": kinks(problem64, inputs, hg)}
+        return {"space": args.space, "primitives": problem.cfg.space.primitives, "kinks": kinks(problem64, inputs, hg)}
     reference = _flat(hg(*inputs(problem64)))
     eager = _flat(hg(*inputs(problem)))
     compiled_hg = torch.compile(hg, backend=args.backend)

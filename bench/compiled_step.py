@@ -1,7 +1,8 @@
 """The whole search step under ``torch.compile`` (inductor) vs eager, side by side on one thread.
 
     python bench/compiled_step.py [--space small_1d] [--methods fo exact_k1] [--rounds 5]
-                                  [--cache fresh|off] [--backend inductor] [--out bench/COMPILED.md]
+                                  [--cache fresh|off] [--backend inductor] [--profile]
+                                  [--out bench/COMPILED.md]
 
 For each method, an eager and a compiled step start from the same state and batches. The first
 compiled call (the cold compile) is timed on its own; both are checked to agree after that step
@@ -79,7 +80,28 @@ def warm_start(method: str, space: str, backend: str = "inductor") -> dict:
     return {"warm_compile_s": seconds, "fxgraph_cache_hits": _cache_hits()}
 
 
-def measure(method: str, space: str, rounds: int, cache: str, backend: str = "inductor") -> dict:
+# oneDNN's convolutions, forward and backward, by their self time (the rest of a step is what fusion can touch)
+CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::convolution", "aten::_convolution")
+
+
+def profile_step(work, top: int = 8) -> dict:
+    """Self CPU time of one (warm) step by kind: oneDNN convolutions, inductor's generated kernels
+    (named ``graph_*`` when ``cpp.enable_kernel_profile`` is on) and the rest, plus the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        work.run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ms = lambda keep: sum(e.self_cpu_time_total for e in events if keep(e.key)) / 1e3  # noqa: E731
+    return {
+        "total_ms": ms(lambda k: True),
+        "conv_ms": ms(lambda k: k in CONV_OPS),
+        "generated_ms": ms(lambda k: k.startswith("graph_")),
+        "top": [(e.key[:70], e.count, e.self_cpu_time_total / 1e3) for e in events[:top]],
+    }
+
+
+def measure(method: str, space: str, rounds: int, cache: str, backend: str = "inductor", profile: bool = False) -> dict:
     import torch._dynamo
     import torch._inductor.config
 
@@ -120,9 +142,11 @@ def measure(method: str, space: str, rounds: int, cache: str, backend: str = "in
         "baseline_min": min(t_b), "baseline_median": statistics.median(t_b),
         "graphs_first": graphs_after_first, "graphs_end": graphs, "agree": agree,
     }  # fmt: skip
+    if profile:
+        row["profile"] = {"eager": profile_step(eager), "compiled": profile_step(compiled)}
     if cache == "fresh":
         probe = [sys.executable, str(Path(__file__).resolve()), "--warm-start", method, "--space", space,
-                 "--backend", backend]
+                 "--backend", backend] + (["--profile"] if profile else [])
         out = subprocess.run(probe, env=os.environ.copy(), capture_output=True, text=True, check=True).stdout
         row.update(json.loads(out.strip().splitlines()[-1]))
     return row
@@ -167,6 +191,27 @@ def render(rows: list[dict], args, elapsed: float, matmul: float) -> str:
         "rows permuted, which changes nothing mathematically); compiled vs eager is judged against it.",
         "",
     ]
+    profiled = [r for r in rows if "profile" in r]
+    if profiled:
+        lines += [
+            "## Where the time goes (torch.profiler, one warm step after the timed rounds, self CPU time)",
+            "",
+            "| space | method | step | profiled | oneDNN convolutions | inductor's generated kernels | the rest |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for r in profiled:
+            for kind, p in r["profile"].items():
+                rest = p["total_ms"] - p["conv_ms"] - p["generated_ms"]
+                lines.append(
+                    f"| {r['space']} | {r['method']} | {kind} | {p['total_ms']:,.0f} ms | {p['conv_ms']:,.0f} ms "
+                    f"({100 * p['conv_ms'] / p['total_ms']:.0f}%) | {p['generated_ms']:,.0f} ms "
+                    f"({100 * p['generated_ms'] / p['total_ms']:.0f}%) | {rest:,.0f} ms ({100 * rest / p['total_ms']:.0f}%) |"
+                )
+        for r in profiled:
+            for kind, p in r["profile"].items():
+                lines += ["", f"Top ops, {r['space']} {r['method']} {kind} (self ms, calls):", ""]
+                lines += [f"- `{name}`: {self_ms:,.1f} ms, {calls} calls" for name, calls, self_ms in p["top"]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -180,12 +225,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backend", default="inductor",
                     help="torch.compile backend (aot_eager: a quick check of this script)")
     ap.add_argument("--out", type=Path, default=HERE / "COMPILED.md")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one warm eager and one compiled step (inductor's kernels named in the profile)")
     ap.add_argument("--warm-start", choices=sorted(METHODS), help=argparse.SUPPRESS)  # the second process
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")
     W.use_one_thread()
+    if args.profile:  # part of inductor's cache key: the warm-start process sets it too
+        import torch._inductor.config
+
+        torch._inductor.config.cpp.enable_kernel_profile = True
     if args.warm_start:
         print(json.dumps(warm_start(args.warm_start, args.space, args.backend)))
         return
@@ -199,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     matmul = W.matmul_gflops()
     rows = []
     for method in args.methods:
-        row = measure(method, args.space, args.rounds, args.cache, args.backend)
+        row = measure(method, args.space, args.rounds, args.cache, args.backend, args.profile)
         print(row, flush=True)
         rows.append(row)
     text = render(rows, args, time.perf_counter() - t0, matmul)

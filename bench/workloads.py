@@ -428,11 +428,17 @@ def _cast_batches(b, cast):
 
 
 def hypergrad_problem(
-    space: str = "default_1d", *, batch: int | None = None, unroll_steps: int = 1, warmup_steps: int = 3, seed: int = SEED
+    space: str = "default_1d",
+    *,
+    batch: int | None = None,
+    unroll_steps: int = 1,
+    warmup_steps: int = 3,
+    seed: int = SEED,
+    primitives: tuple[str, ...] | None = None,
 ) -> HypergradProblem:
     """A search state after ``warmup_steps`` real weight steps (so the momentum buffers are
-    nonzero), a train batch (or K) and a valid batch."""
-    sp = SPACES[space]
+    nonzero), a train batch (or K) and a valid batch. ``primitives`` replaces the space's set."""
+    sp = SPACES[space] if primitives is None else dataclasses.replace(SPACES[space], primitives=tuple(primitives))
     n = BATCH[space] if batch is None else batch
     cfg = search_config(sp, "exact" if unroll_steps > 1 else "first_order", unroll_steps)
     state = init_search(cfg, make_gen(seed))

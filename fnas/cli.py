@@ -166,8 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                    "validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS)")
     s.add_argument("--compile", action="store_true",
                    help="run the whole search step under torch.compile (inductor): about 2x faster steps on "
-                   "CPU for the default network, after a first compile of about 12 minutes (32 for --hypergrad "
-                   "exact, whose compiled numerics are not yet verified at that size: see README) that later "
+                   "CPU for the default network (2.9x for --hypergrad exact, equal to eager within float32's own "
+                   "spread: see README), after a first compile of about 12 minutes (32 for exact) that later "
                    "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
                    "searches and repeated runs; not under torchrun")
     s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")

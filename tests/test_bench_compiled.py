@@ -18,10 +18,10 @@ def test_compiled_step_script_writes_its_table(tmp_path):
 
     out = tmp_path / "COMPILED.md"
     compiled_step.main(["--space", "tiny_1d", "--methods", "fo", "--rounds", "2", "--cache", "off",
-                        "--backend", "aot_eager", "--out", str(out)])
+                        "--backend", "aot_eager", "--profile", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# The whole search step, compiled (aot_eager) vs eager")
-    rows = [line for line in text.splitlines() if line.startswith("| tiny_1d | fo |")]
+    rows = [line for line in text.splitlines() if line.startswith("| tiny_1d | fo |") and "step_baseline_fo" in line]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert "step_baseline_fo" in cells[5]
@@ -34,6 +34,16 @@ def test_compiled_step_script_writes_its_table(tmp_path):
     assert 0 <= r_alphas < 1e-4 and 0 < r_weights < 1e-3
     for cell in (cells[4], cells[6]):  # speed-ups are positive ratios
         assert float(re.search(r"([0-9.]+)x", cell).group(1)) > 0
+    # --profile: one profiled eager and compiled step, split into convolutions / generated kernels / rest
+    profile_rows = [line for line in text.splitlines() if line.startswith("| tiny_1d | fo | ")
+                    and line.split("|")[3].strip() in ("eager", "compiled")]
+    assert len(profile_rows) == 2
+    for line in profile_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        total, conv = (float(c.split(" ms")[0].replace(",", "")) for c in (cells[3], cells[4]))
+        assert 0 < conv < total  # the convolutions are found, and are not all of the step
+        assert cells[5].startswith("0 ms")  # aot_eager generates no kernels (inductor's would be named graph_*)
+    assert text.count("Top ops, tiny_1d fo") == 2
 
 
 def test_reordered_batches_are_the_same_step():

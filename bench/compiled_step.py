@@ -26,9 +26,9 @@ the same network pays (dynamo still traces; inductor loads the compiled graph fr
 
 Spaces: ``tiny_1d`` (C=4, 3 cells of 2 nodes, batch 32) compiles in minutes and is there to see the
 whole pipeline work; ``small_1d`` is the CLI's default search network (C=8, 5 cells, batch 32);
-``default_1d`` is the benchmark's larger default (C=16, 8 cells, batch 64), whose inductor compile
-took longer than 25 minutes on a 2-core VM. Measured on ``small_1d`` (bench/COMPILED.md): cold
-compiles of 12 (first order) and 32 (exact) minutes on one core, warm starts of 1-2 minutes.
+``default_1d`` is the benchmark's larger default (C=16, 8 cells, batch 64). Measured here
+(bench/COMPILED.md), cold compiles on one core: 12 (first order) and 32 (exact) minutes on
+``small_1d``, 21-25 and 46 on ``default_1d``; warm starts take 1-3 minutes.
 """
 
 from __future__ import annotations

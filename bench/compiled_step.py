@@ -202,10 +202,10 @@ def render(rows: list[dict], args, elapsed: float, matmul: float) -> str:
         for r in profiled:
             for kind, p in r["profile"].items():
                 rest = p["total_ms"] - p["conv_ms"] - p["generated_ms"]
+                share = lambda ms: f"{ms:,.0f} ms ({100 * ms / p['total_ms']:.0f}%)"  # noqa: E731
                 lines.append(
-                    f"| {r['space']} | {r['method']} | {kind} | {p['total_ms']:,.0f} ms | {p['conv_ms']:,.0f} ms "
-                    f"({100 * p['conv_ms'] / p['total_ms']:.0f}%) | {p['generated_ms']:,.0f} ms "
-                    f"({100 * p['generated_ms'] / p['total_ms']:.0f}%) | {rest:,.0f} ms ({100 * rest / p['total_ms']:.0f}%) |"
+                    f"| {r['space']} | {r['method']} | {kind} | {p['total_ms']:,.0f} ms | {share(p['conv_ms'])} "
+                    f"| {share(p['generated_ms'])} | {share(rest)} |"
                 )
         for r in profiled:
             for kind, p in r["profile"].items():

@@ -28,7 +28,8 @@ Spaces: ``tiny_1d`` (C=4, 3 cells of 2 nodes, batch 32) compiles in minutes and 
 whole pipeline work; ``small_1d`` is the CLI's default search network (C=8, 5 cells, batch 32);
 ``default_1d`` is the benchmark's larger default (C=16, 8 cells, batch 64). Measured here
 (bench/COMPILED.md), cold compiles on one core: 12 (first order) and 32 (exact) minutes on
-``small_1d``, 21-25 and 46 on ``default_1d``; warm starts take 1-3 minutes.
+``small_1d``, 21-25 and 46 on ``default_1d``; warm starts take 1-3 minutes. ``darts_2d`` (3x32x32,
+C=8, 5 cells, the 8 DARTS ops) has no baseline column: the seed baseline is kx1 only.
 """
 
 from __future__ import annotations
@@ -127,19 +128,21 @@ def measure(method: str, space: str, rounds: int, cache: str, backend: str = "in
         state_r = reordered.context[0]
         agree["reordered_alphas"] = max(agree["reordered_alphas"], _max_rel(state_r.alphas, state_e.alphas))
         agree["reordered_weights"] = max(agree["reordered_weights"], _max_rel(state_r.weights, state_e.weights))
-    baseline = W.build_step(BASELINES[method], space=space)
-    baseline.run()  # warm-up
+    baseline = W.build_step(BASELINES[method], space=space) if W.SPACES[space].is_1d else None  # kx1 only
+    if baseline is not None:
+        baseline.run()  # warm-up
     t_e, t_c, t_b = [], [], []
     for _ in range(rounds):
         t_e.append(W.time_once(eager.run))
         t_c.append(W.time_once(compiled.run))
-        t_b.append(W.time_once(baseline.run))
+        if baseline is not None:
+            t_b.append(W.time_once(baseline.run))
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     row = {
         "method": method, "space": space, "eager_first_s": t_eager_first, "compile_s": t_compile,
         "eager_min": min(t_e), "eager_median": statistics.median(t_e),
         "compiled_min": min(t_c), "compiled_median": statistics.median(t_c),
-        "baseline_min": min(t_b), "baseline_median": statistics.median(t_b),
+        "baseline_min": min(t_b) if t_b else None, "baseline_median": statistics.median(t_b) if t_b else None,
         "graphs_first": graphs_after_first, "graphs_end": graphs, "agree": agree,
     }  # fmt: skip
     if profile:
@@ -173,11 +176,15 @@ def render(rows: list[dict], args, elapsed: float, matmul: float) -> str:
     ]
     for r in rows:
         warm = f"{r['warm_compile_s']:.0f} s" if "warm_compile_s" in r else "n/a"
+        if r["baseline_min"] is None:  # a 2D space: the seed baseline is kx1 only
+            base = vs_base = "n/a"
+        else:
+            base = f"{r['baseline_min']:.3f} s ({BASELINES[r['method']]})"
+            vs_base = f"{r['baseline_min'] / r['compiled_min']:.2f}x"
         lines.append(
             f"| {r['space']} | {r['method']} | {r['eager_min']:.3f} / {r['eager_median']:.3f} s | "
             f"{r['compiled_min']:.3f} / {r['compiled_median']:.3f} s | **{r['eager_min'] / r['compiled_min']:.2f}x** / "
-            f"{r['eager_median'] / r['compiled_median']:.2f}x | {r['baseline_min']:.3f} s "
-            f"({BASELINES[r['method']]}) | {r['baseline_min'] / r['compiled_min']:.2f}x | {r['compile_s']:.0f} s | "
+            f"{r['eager_median'] / r['compiled_median']:.2f}x | {base} | {vs_base} | {r['compile_s']:.0f} s | "
             f"{warm} | {r['graphs_first']} -> {r['graphs_end']} | {r['agree']['alphas']:.1e} / "
             f"{r['agree']['weights']:.1e} | {r['agree']['reordered_alphas']:.1e} / "
             f"{r['agree']['reordered_weights']:.1e} |"

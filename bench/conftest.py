@@ -24,4 +24,6 @@ def pytest_collect_file(parent, file_path):
         return None
     if any(fnmatch.fnmatch(file_path.name, pat) for pat in parent.config.getini("python_files")):
         return None  # already collected by pytest itself
+    if parent.session.isinitpath(file_path):
+        return None  # named on the command line: pytest collects it itself
     return pytest.Module.from_parent(parent, path=file_path)

@@ -64,3 +64,23 @@ def test_reordered_batches_are_the_same_step():
     # ... and the step is the same one to float32 round-off
     for x, y in zip(tree.leaves((a.alphas, a.weights)), tree.leaves((b.alphas, b.weights))):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_render_without_baseline_on_2d_spaces():
+    import argparse
+
+    import compiled_step
+
+    row = {
+        "method": "fo", "space": "darts_2d", "eager_min": 2.0, "eager_median": 2.1, "compiled_min": 1.0,
+        "compiled_median": 1.1, "baseline_min": None, "baseline_median": None, "compile_s": 10.0,
+        "graphs_first": 1, "graphs_end": 1,
+        "agree": {"alphas": 1e-7, "weights": 1e-4, "reordered_alphas": 2e-7, "reordered_weights": 2e-4},
+    }  # fmt: skip
+    args = argparse.Namespace(cache="off", backend="inductor", argv=["--space", "darts_2d"])
+    text = compiled_step.render([row], args, elapsed=60.0, matmul=150.0)
+    line = next(x for x in text.splitlines() if x.startswith("| darts_2d | fo |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4].startswith("**2.00x**")
+    assert cells[5] == cells[6] == "n/a"  # the seed baseline is kx1 only
+    assert cells[11] == "2.0e-07 / 2.0e-04"

@@ -300,14 +300,16 @@ def build_step(
     impl, method, k, plain = parse_step(name)
     sp = SPACES[space]
     n = BATCH[space] if batch is None else batch
-    valid = _reordered(make_batch(sp, n, seed=seed + 1), reorder)
+    order = _row_order(n, reorder)
+    rows = (lambda b: b) if order is None else (lambda b: _cast_batches(b, lambda t: t[order]))  # noqa: E731
+    valid = rows(make_batch(sp, n, seed=seed + 1))
     label = STEP_LABELS.get(name, name) + ("" if space == "default_1d" else f" [{space}]")
     if impl == "baseline":
         bcfg = baseline_config(sp)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             search = sb.BaselineSearch(bcfg)
-        train = _reordered(make_batch(sp, n, seed=seed + 2), reorder)
+        train = rows(make_batch(sp, n, seed=seed + 2))
         unrolled = method == "finite_difference"
 
         def run():
@@ -318,8 +320,7 @@ def build_step(
     if plain:
         sp = dataclasses.replace(sp, fused=False)
     cfg = search_config(sp, method, k)
-    train = make_batches(sp, n, k, seed=seed + 2) if k > 1 else make_batch(sp, n, seed=seed + 2)
-    train = [_reordered(b, reorder) for b in train] if k > 1 else _reordered(train, reorder)
+    train = rows(make_batches(sp, n, k, seed=seed + 2) if k > 1 else make_batch(sp, n, seed=seed + 2))
     holder = [init_search(cfg, make_gen(seed))]
     if name.endswith("_compiled"):
         step = compile_search_step(cfg, backend=compile_backend)
@@ -333,12 +334,9 @@ def build_step(
     return Workload(name, run, step_twin(name), label, holder)
 
 
-def _reordered(batch: tuple[Tensor, Tensor], seed: int | None) -> tuple[Tensor, Tensor]:
-    """``batch`` with its rows permuted by a generator seeded with ``seed`` (``None``: unchanged)."""
-    if seed is None:
-        return batch
-    perm = torch.randperm(batch[0].shape[0], generator=make_gen(seed))
-    return tuple(t[perm] for t in batch)
+def _row_order(n: int, seed: int | None) -> Tensor | None:
+    """The row permutation ``build_step(reorder=seed)`` applies to every batch (``None``: none)."""
+    return None if seed is None else torch.randperm(n, generator=make_gen(seed))
 
 
 def build(name: str, **kw) -> Workload:

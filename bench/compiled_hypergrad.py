@@ -52,8 +52,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import workloads as W  # noqa: E402
 
-from fnas import hypergrad, tree  # noqa: E402
-from fnas.search import current_lr, supernet_loss  # noqa: E402
+from fnas.core import hypergrad  # noqa: E402
+from fnas.core import tree  # noqa: E402
+from fnas.search.loop import current_lr, supernet_loss  # noqa: E402
 
 
 def _flat(g) -> torch.Tensor:

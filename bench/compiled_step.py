@@ -52,7 +52,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import workloads as W  # noqa: E402
 
-from fnas import tree  # noqa: E402
+from fnas.core import tree  # noqa: E402
 
 METHODS = {"fo": "step_fnas_fo", "exact_k1": "step_fnas_exact_k1"}
 # the seed-style baseline's step of the same network (bench/seed_baseline.py): its unrolled step

@@ -7,7 +7,7 @@ Every row uses the same recipe, the CLI's defaults except the epochs: search net
 4 nodes, the seed's kx1 primitives; search on the train subjects (alphas on the validation
 subjects), batch 64, first-order DARTS, arch_lr 3e-3, 2 weight-only warm-up epochs, the resource
 penalty's defaults (weight 1, margin 0.1); then the derived genotype's NetworkCnn is trained from
-scratch on train + validation subjects (``fnas.train.train_model``, SGD lr 0.05, cosine, label
+scratch on train + validation subjects (``fnas.app.train.train_model``, SGD lr 0.05, cosine, label
 smoothing 0.1) and tested once on the held-out test subjects (9 and 10). A last row searches with
 no budget, for reference (``--no-reference`` skips it). One seed, one thread.
 """
@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from fnas import cost as K
-from fnas.config import SearchConfig, SpaceConfig
+from fnas.search.config import SearchConfig
+from fnas.spaces.cell.config import SpaceConfig
 from fnas.data import load_watch, make_loader
-from fnas.genotypes import derive_genotype
-from fnas.model import NetworkCnn
-from fnas.search import run_search
-from fnas.train import TrainConfig, evaluate, train_model
+from fnas.spaces.cell.genotype import derive_genotype
+from fnas.spaces.cell.network import NetworkCnn
+from fnas.search.loop import run_search
+from fnas.app.train import TrainConfig, evaluate, train_model
 
 HERE = Path(__file__).resolve().parent
 STEERED = (

@@ -19,7 +19,7 @@ Budgets: parameters (``max_params``) 5,000 and 20,000. The search space per budg
 default space with C=4 for 5k (its smallest network has ~2.8k parameters, its largest ~21k) and the
 CLI default C=8 for 20k (9.5k to 84k), so each budget binds.
 
-Contenders, all trained from scratch with one recipe (``fnas.train.train_model``: SGD with Nesterov
+Contenders, all trained from scratch with one recipe (``fnas.app.train.train_model``: SGD with Nesterov
 momentum, lr from the CLI default, cosine, label smoothing 0.1) on train + validation, tested once:
 
 - ``fnas first order`` / ``fnas exact``: budgeted DARTS search with the CLI's default settings
@@ -59,13 +59,14 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from fnas import cost as K  # noqa: E402
+from fnas import cost as K
 from fnas.cli import DEFAULTS  # noqa: E402
-from fnas.config import SearchConfig, SpaceConfig  # noqa: E402
-from fnas.genotypes import genotype_to_dict, random_genotype  # noqa: E402
-from fnas.model import NetworkCnn  # noqa: E402
-from fnas.search import run_search  # noqa: E402
-from fnas.train import TrainConfig, evaluate, train_model  # noqa: E402
+from fnas.search.config import SearchConfig  # noqa: E402
+from fnas.spaces.cell.config import SpaceConfig  # noqa: E402
+from fnas.spaces.cell.genotype import genotype_to_dict, random_genotype  # noqa: E402
+from fnas.spaces.cell.network import NetworkCnn  # noqa: E402
+from fnas.search.loop import run_search  # noqa: E402
+from fnas.app.train import TrainConfig, evaluate, train_model  # noqa: E402
 
 sys.path.insert(0, str(HERE))
 from pareto import machine  # noqa: E402  (the machine line every bench report carries)
@@ -115,7 +116,7 @@ def warmup_epochs(search_epochs: int) -> int:
 class FCN(nn.Module):
     """Wang, Yan, Oates (IJCNN 2017) fully convolutional network, widths (w, 2w, w), kx1 layout.
 
-    Takes ``(N, C, T, 1)`` like :class:`fnas.model.NetworkCnn`.
+    Takes ``(N, C, T, 1)`` like :class:`fnas.spaces.cell.network.NetworkCnn`.
     """
 
     KERNELS = (8, 5, 3)
@@ -280,7 +281,7 @@ def job(dataset: str, budget: int, seed: int, settings: dict, path: str, contend
             rows[name] = run_fcn(ds, budget, seed, s)
     out = {"dataset": dataset, "budget": budget, "seed": seed, "settings": s, "rows": rows,
            "contenders_run": list(contenders)}
-    from fnas.runs import atomic_write_json
+    from fnas.core.io import atomic_write_json
 
     atomic_write_json(Path(path), out)
     return out

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 
 import workloads as W  # noqa: E402
-from fnas import tree  # noqa: E402
+from fnas.core import tree  # noqa: E402
 
 # (workload, space) -> rounds in (full, quick) mode; a warm-up call precedes the rounds.
 MIXED_ROUNDS = (30, 10)

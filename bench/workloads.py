@@ -22,12 +22,13 @@ from typing import Any, Callable
 
 import torch
 
-from fnas import hypergrad
-from fnas import primitives as P
-from fnas import tree
-from fnas.config import SearchConfig, SpaceConfig
-from fnas.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
-from fnas.search import compile_search_step, current_lr, init_search, search_step, supernet_loss, weight_step
+from fnas.core import hypergrad
+from fnas.spaces import primitives as P
+from fnas.core import tree
+from fnas.search.config import SearchConfig
+from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.cell.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
+from fnas.search.loop import compile_search_step, current_lr, init_search, search_step, supernet_loss, weight_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_baseline as sb  # noqa: E402

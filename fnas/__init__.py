@@ -1,9 +1,12 @@
 """fnas: differentiable neural architecture search for TinyML on a pure-functional PyTorch core."""
 
-from fnas import hypergrad, primitives, tree
-from fnas.config import SearchConfig, SpaceConfig
+from fnas.core import hypergrad
+from fnas.spaces import primitives
+from fnas.core import tree
+from fnas.search.config import SearchConfig
+from fnas.spaces.cell.config import SpaceConfig
 from fnas.cost import check_budget, expected_cost, genotype_cost, min_cost, penalty
-from fnas.genotypes import (
+from fnas.spaces.cell.genotype import (
     MY_CUSTOM_GENOTYPE,
     PRIMITIVES_CNN,
     Genotype_CNN,
@@ -13,8 +16,8 @@ from fnas.genotypes import (
     save_genotype,
     validate_genotype,
 )
-from fnas.model import NetworkCnn
-from fnas.search import (
+from fnas.spaces.cell.network import NetworkCnn
+from fnas.search.loop import (
     SearchResult,
     SearchState,
     arch_step,
@@ -29,8 +32,8 @@ from fnas.search import (
     vmapped_search_step,
     weight_step,
 )
-from fnas.supernet import apply_supernet, init_supernet
-from fnas.train_cnn_search import search_and_get_model
+from fnas.spaces.cell.supernet import apply_supernet, init_supernet
+from fnas.app.seed_api import search_and_get_model
 
 __version__ = "0.1.0"
 

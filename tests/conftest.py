@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fnas import operations as O
-from fnas import primitives as P
-from fnas.config import SearchConfig, SpaceConfig
+from fnas.spaces.primitives import modules as O
+from fnas.spaces import primitives as P
+from fnas.search.config import SearchConfig
+from fnas.spaces.cell.config import SpaceConfig
 
 # Explicit dtype-dependent tolerances for reference checks.
 TOL = {
@@ -87,7 +88,7 @@ def temp_primitives():
 
 @pytest.fixture
 def seed_ops():
-    """``fnas.operations.OPS`` for one test: entries added (the seed's way) are removed afterwards."""
+    """``fnas.spaces.primitives.modules.OPS`` for one test: entries added (the seed's way) are removed afterwards."""
     before = dict(O.OPS)
     yield O.OPS
     for name in set(O.OPS) - set(before):

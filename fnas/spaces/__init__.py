@@ -1,0 +1,1 @@
+"""Search spaces: the primitive registry, the DARTS cell space (``cell``) and the chain space (``chain``)."""

@@ -1,0 +1,95 @@
+"""The DARTS cell space's static configuration: ``SpaceConfig``, validated in ``__post_init__``.
+
+Anything that fixes shapes or the graph lives here and is passed inside the keyword ``cfg``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fnas.spaces import primitives as P
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The search network (supernet) and the space it spans.
+
+    Attributes mirror the seed's arguments; ``input_shape`` is ``(T, 1)`` for kx1 spaces and
+    ``(H, W)`` for 2D ones.
+    """
+
+    C: int = 16  # nas_init_channels
+    num_classes: int = 7
+    layers: int = 8  # nas_layers; cells layers//3 and 2*layers//3 reduce
+    in_channels: int = 6
+    input_shape: tuple[int, int] = (128, 1)
+    with_input_batchnorm: bool = True
+    nodes: int = 4  # nas_nodes_per_layer
+    multiplier: int = 4  # nas_multiplier: how many of the last nodes are concatenated
+    stem_multiplier: int = 3
+    primitives: tuple[str, ...] = P.SEED_KX1
+    pool_bn: bool = True  # DARTS puts an affine-free BatchNorm after pools in the search net
+    fused: bool = True  # batch the mixed ops of all edges leaving a state (same result, faster)
+    partial_channels: int = 1  # PC-DARTS K: mixed ops see C/K channels; K > 1 adds edge betas
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        for name in ("C", "num_classes", "layers", "in_channels", "nodes", "multiplier", "stem_multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"SpaceConfig.{name} must be a positive int, got {value!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"SpaceConfig.num_classes must be >= 2, got {self.num_classes}")
+        if self.multiplier > self.nodes:
+            raise ValueError(
+                f"SpaceConfig.multiplier ({self.multiplier}) must be <= nodes ({self.nodes}): the cell "
+                "output concatenates the last `multiplier` nodes"
+            )
+        if len(self.input_shape) != 2 or min(self.input_shape) < 1:
+            raise ValueError(f"SpaceConfig.input_shape must be (T, 1) or (H, W), got {self.input_shape}")
+        if not self.primitives:
+            raise ValueError("SpaceConfig.primitives is empty; use e.g. fnas.spaces.primitives.SEED_KX1")
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ValueError(f"SpaceConfig.primitives has duplicates: {self.primitives}")
+        kinds = {P.get(name).kind for name in self.primitives}  # raises on unknown names
+        if "1d" in kinds and "2d" in kinds:
+            raise ValueError(
+                f"SpaceConfig.primitives mixes kx1 and kxk primitives: {self.primitives}; pick one family"
+            )
+        if "1d" in kinds and self.input_shape[1] != 1:
+            raise ValueError(
+                f"kx1 primitives need input_shape (T, 1), got {self.input_shape}; use the 2D set "
+                "(fnas.spaces.primitives.DARTS_2D) for images"
+            )
+        if self.primitives == ("none",):
+            raise ValueError("SpaceConfig.primitives needs at least one primitive besides 'none'")
+        if "skip_connect" in self.primitives and self.C % 2:
+            raise ValueError(f"skip_connect in a reduction cell needs an even C, got C={self.C}")
+        K = self.partial_channels
+        if not isinstance(K, int) or K < 1 or self.C % K:
+            raise ValueError(f"SpaceConfig.partial_channels must be a positive divisor of C={self.C}, got {K!r}")
+        if K > 1 and "skip_connect" in self.primitives and (self.C // K) % 2:
+            raise ValueError(
+                f"partial_channels={K} leaves C/K={self.C // K} channels per mixed op; skip_connect's "
+                "factorized reduce needs an even number: pick K so that C/K is even"
+            )
+
+    @property
+    def is_1d(self) -> bool:
+        """True for kx1 spaces: tensors run as (N, C, T) internally."""
+        return self.input_shape[1] == 1 and all(P.get(n).kind != "2d" for n in self.primitives)
+
+    @property
+    def num_edges(self) -> int:
+        """Mixed-op edges per cell: node j has j incoming edges, ``n (n + 1) / 2`` in all."""
+        return self.nodes * (self.nodes + 1) // 2
+
+    @property
+    def reduction_layers(self) -> tuple[int, ...]:
+        """Indices of the reduction cells."""
+        return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+
+    def edges(self) -> list[tuple[int, int]]:
+        """``(i, j)`` for every edge ``state_i -> node_j``, in alpha-row order (j-major)."""
+        return [(i, j) for j in range(1, self.nodes + 1) for i in range(j)]

@@ -1,0 +1,267 @@
+"""The search network as pure functions: ``init_supernet`` and ``apply_supernet`` over pytrees.
+
+Semantics (DESIGN.md): optional input BN; stem conv (3x1 or 3x3) + BN to ``stem_multiplier * C``;
+``layers`` single-input cells, cells ``layers // 3`` and ``2 * layers // 3`` reduce (channels
+double, edges leaving the cell input have stride 2); cell input -> ReLU, 1x1 conv, BN -> state_0;
+node ``j = sum_{i<j} MixedOp_{i->j}(state_i)``; the cell output concatenates the last
+``multiplier`` nodes; head: global average pool, linear.
+
+References:
+    Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from fnas.core import layers as L
+from fnas.search.config import SearchConfig
+from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.cell.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
+
+Tensor = torch.Tensor
+
+
+def space_of(cfg: SpaceConfig | SearchConfig) -> SpaceConfig:
+    """The :class:`SpaceConfig` of ``cfg`` (a space or a search config)."""
+    if isinstance(cfg, SearchConfig):
+        return cfg.space
+    if isinstance(cfg, SpaceConfig):
+        return cfg
+    raise ValueError(f"cfg must be a SpaceConfig or SearchConfig, got {type(cfg).__name__}")
+
+
+def cell_plan(cfg: SpaceConfig) -> list[tuple[bool, int, int]]:
+    """``(reduction, C_in, C)`` per cell: its input channels and its node width."""
+    plan = []
+    c_prev, c = cfg.stem_multiplier * cfg.C, cfg.C
+    for layer in range(cfg.layers):
+        reduction = layer in cfg.reduction_layers
+        if reduction:
+            c *= 2
+        plan.append((reduction, c_prev, c))
+        c_prev = cfg.multiplier * c
+    return plan
+
+
+def edge_key(i: int, j: int) -> str:
+    """Pytree key of the edge ``state_i -> node_j``."""
+    return f"e{i}_{j}"
+
+
+def _k(cfg: SpaceConfig, k: int) -> tuple[int, int]:
+    return L.kernel_shape(k, cfg.is_1d)
+
+
+def init_supernet(
+    cfg: SpaceConfig | SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict, dict, dict]:
+    """Initialise ``(weights, alphas, stats)`` of the search network.
+
+    Args:
+        cfg: the space (or a search config holding it).
+        gen: the only source of randomness.
+        dtype: floating dtype of every leaf.
+
+    Returns:
+        ``weights`` (nested dict of tensors), ``alphas`` (``{"normal", "reduce"}``, each
+        ``(num_edges, len(primitives))``, DARTS' ``1e-3 * randn``), and BatchNorm ``stats``.
+    """
+    cfg = space_of(cfg)
+    weights: dict = {}
+    stats: dict = {}
+    if cfg.with_input_batchnorm:
+        weights["input_bn"], stats["input_bn"] = L.init_bn(cfg.in_channels, affine=True, dtype=dtype)
+    c_stem = cfg.stem_multiplier * cfg.C
+    bn_p, bn_s = L.init_bn(c_stem, affine=True, dtype=dtype)
+    weights["stem"] = {"conv": L.init_conv(gen, cfg.in_channels, c_stem, _k(cfg, 3), dtype=dtype), "bn": bn_p}
+    stats["stem"] = {"bn": bn_s}
+    weights["cells"], stats["cells"] = {}, {}
+    for layer, (reduction, c_in, c) in enumerate(cell_plan(cfg)):
+        bn_p, bn_s = L.init_bn(c, affine=False, dtype=dtype)
+        cw = {"pre": {"conv": L.init_conv(gen, c_in, c, (1, 1), dtype=dtype), "bn": bn_p}, "edges": {}}
+        cs = {"pre": {"bn": bn_s}, "edges": {}}
+        for i, j in cfg.edges():
+            stride = 2 if reduction and i == 0 else 1
+            cw["edges"][edge_key(i, j)], cs["edges"][edge_key(i, j)] = init_mixed_op(
+                gen, c // cfg.partial_channels, stride, cfg.primitives, pool_bn=cfg.pool_bn, dtype=dtype
+            )
+        weights["cells"][f"c{layer}"], stats["cells"][f"c{layer}"] = cw, cs
+    c_last = cfg.multiplier * cell_plan(cfg)[-1][2]
+    weights["head"] = L.init_linear(gen, c_last, cfg.num_classes, dtype=dtype)
+    shape = (cfg.num_edges, len(cfg.primitives))
+    alphas = {
+        "normal": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
+        "reduce": 1e-3 * torch.randn(shape, generator=gen, dtype=dtype),
+    }
+    if cfg.partial_channels > 1:  # PC-DARTS edge normalisation weights
+        alphas["edge_normal"] = 1e-3 * torch.randn(cfg.num_edges, generator=gen, dtype=dtype)
+        alphas["edge_reduce"] = 1e-3 * torch.randn(cfg.num_edges, generator=gen, dtype=dtype)
+    return weights, alphas, stats
+
+
+def apply_stem(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+    """Input BN (when the weights have one: ``with_input_batchnorm``) and stem. Shared with NetworkCnn."""
+    new: dict = {}
+    if "input_bn" in weights:
+        x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train)
+    x = L.apply_conv(weights["stem"]["conv"], x)
+    x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train)
+    new["stem"] = {"bn": bn}
+    return x, new
+
+
+def apply_preprocess(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+    """ReLU -> 1x1 conv -> BN: a cell's input becomes its state_0."""
+    x = L.apply_conv(weights["conv"], torch.relu(x))
+    x, bn = L.apply_bn(weights["bn"], stats["bn"], x, train=train)
+    return x, {"bn": bn}
+
+
+def apply_supernet(
+    weights: dict, alphas: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig | SearchConfig, train: bool
+) -> tuple[Tensor, dict]:
+    """Logits of the search network; a pure function.
+
+    Args:
+        weights, alphas, stats: the pytrees from :func:`init_supernet`.
+        x: (N, in_channels, T, 1) or (N, in_channels, H, W).
+        cfg: the space.
+        train: BatchNorm uses batch statistics and returns updated running statistics.
+
+    Returns:
+        ``(logits (N, num_classes), new_stats)``; ``stats`` itself is never modified.
+    """
+    cfg = space_of(cfg)
+    h, new_stats = apply_stem(weights, stats, L.to_layout(x), train=train)
+    mix = {kind: torch.softmax(alphas[kind], dim=-1) for kind in ("normal", "reduce")}
+    edge_mix = {kind: edge_weights(alphas[f"edge_{kind}"], cfg.nodes) for kind in ("normal", "reduce")} if (
+        cfg.partial_channels > 1) else {"normal": None, "reduce": None}
+    new_stats["cells"] = {}
+    for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
+        name = f"c{layer}"
+        cw, cs = weights["cells"][name], stats["cells"][name]
+        s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train)
+        kind = "reduce" if reduction else "normal"
+        cell = apply_cell_fused if cfg.fused else apply_cell_plain
+        states, edge_stats = cell(cw["edges"], cs["edges"], s0, mix[kind], cfg=cfg, reduction=reduction, train=train,
+                                  edge_w=edge_mix[kind])
+        h = torch.cat(states[cfg.nodes - cfg.multiplier + 1 :], dim=1)
+        new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
+    logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
+    return logits, new_stats
+
+
+def apply_cell_plain(
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    edge_w: Tensor | None = None,
+) -> tuple[list[Tensor], dict]:
+    """A cell's nodes edge by edge, primitive by primitive: the reference implementation.
+
+    Returns:
+        ``(states, new_edge_stats)`` with ``states[0] = s0`` and ``states[j]`` node ``j``.
+    """
+    states = [s0]
+    new: dict = {}
+    for j in range(1, cfg.nodes + 1):
+        node = None
+        for i in range(j):
+            key = edge_key(i, j)
+            stride = 2 if reduction and i == 0 else 1
+            xa, xb = partial_split(states[i], cfg.partial_channels, stride)
+            y, new[key] = apply_mixed_op(
+                params[key],
+                stats[key],
+                xa,
+                w[edge_row(i, j)],
+                primitives=cfg.primitives,
+                stride=stride,
+                train=train,
+                pool_bn=cfg.pool_bn,
+            )
+            y = partial_merge(y, xa, xb, stride, None if edge_w is None else edge_w[edge_row(i, j)])
+            if y is not None:
+                node = y if node is None else node + y
+        states.append(_zero_node(node, s0, reduction))
+    return states, new
+
+
+def apply_cell_fused(
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    edge_w: Tensor | None = None,
+) -> tuple[list[Tensor], dict]:
+    """A cell's nodes source by source: when state ``i`` is known, every edge leaving it runs at once
+    (:func:`fnas.spaces.cell.mixed_op.apply_edges_fused`) and adds into the partial sums of nodes ``i+1..n``.
+    Same result as :func:`apply_cell_plain`.
+    """
+    n = cfg.nodes
+    states = [s0]
+    partial: list[Tensor | None] = [None] * (n + 1)
+    new: dict = {}
+    for i in range(n):
+        targets = list(range(i + 1, n + 1))
+        keys = [edge_key(i, j) for j in targets]
+        stride = 2 if reduction and i == 0 else 1
+        xa, xb = partial_split(states[i], cfg.partial_channels, stride)
+        outs, edge_stats = apply_edges_fused(
+            [params[k] for k in keys],
+            [stats[k] for k in keys],
+            xa,
+            w[[edge_row(i, j) for j in targets]],
+            primitives=cfg.primitives,
+            stride=stride,
+            train=train,
+            pool_bn=cfg.pool_bn,
+        )
+        for j, key, out, st in zip(targets, keys, outs, edge_stats):
+            new[key] = st
+            out = partial_merge(out, xa, xb, stride, None if edge_w is None else edge_w[edge_row(i, j)])
+            if out is not None:
+                partial[j] = out if partial[j] is None else partial[j] + out
+        states.append(_zero_node(partial[i + 1], s0, reduction))
+    return states, new
+
+
+def partial_split(x: Tensor, K: int, stride: int) -> tuple[Tensor, Tensor | None]:
+    """PC-DARTS: the first ``C/K`` channels go through the mixed op, the rest bypass it (max-pooled
+    2x when the edge is strided; ceil mode, so the grid matches the ops' ``ceil(T / 2)``).
+
+    References:
+        Xu et al. PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture Search. ICLR 2020.
+    """
+    if K == 1:
+        return x, None
+    c = x.shape[1] // K
+    xa, xb = x[:, :c], x[:, c:]
+    if stride > 1:
+        window = (2, 1) if x.shape[-1] == 1 else (2, 2)
+        xb = torch.nn.functional.max_pool2d(xb, window, window, ceil_mode=True)
+    return xa, xb
+
+
+def partial_merge(y: Tensor | None, xa: Tensor, xb: Tensor | None, stride: int, edge_w: Tensor | None) -> Tensor | None:
+    """PC-DARTS: concatenate the mixed op's output with the bypass channels, shuffle the channels
+    (groups of K interleave, so the next edge sees a different 1/K), weight by the edge weight."""
+    if xb is None:
+        return y
+    if y is None:
+        y = L.subsample(xa, stride) * 0.0
+    K = (y.shape[1] + xb.shape[1]) // y.shape[1]
+    out = rearrange(torch.cat([y, xb], dim=1), "n (g c) h w -> n (c g) h w", g=K)
+    return out * edge_w
+
+
+def edge_weights(betas: Tensor, nodes: int) -> Tensor:
+    """Softmax of the PC-DARTS edge betas over each node's incoming edges, in edge-row order."""
+    return torch.cat([torch.softmax(betas[j * (j - 1) // 2 : j * (j + 1) // 2], dim=0) for j in range(1, nodes + 1)])
+
+
+def edge_row(i: int, j: int) -> int:
+    """Row of edge ``state_i -> node_j`` in an alpha table (edges of node j start at j(j-1)/2)."""
+    return j * (j - 1) // 2 + i
+
+
+def _zero_node(node: Tensor | None, s0: Tensor, reduction: bool) -> Tensor:
+    # a node whose every edge is `none` is zero (on the reduced grid in reduction cells)
+    return node if node is not None else L.subsample(s0, 2 if reduction else 1) * 0.0

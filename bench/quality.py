@@ -23,7 +23,7 @@ Contenders, all trained from scratch with one recipe (``fnas.app.train.train_mod
 momentum, lr from the CLI default, cosine, label smoothing 0.1) on train + validation, tested once:
 
 - ``fnas first order`` / ``fnas exact``: budgeted DARTS search with the CLI's default settings
-  (``fnas.cli.DEFAULTS``: arch_lr, warm-up share, penalty, genotype selection, ...; only the epochs
+  (``fnas.search.defaults.DEFAULTS``: arch_lr, warm-up share, penalty, genotype selection, ...; only the epochs
   are scaled to the study's time), first-order or exact second-order hypergradient.
 - ``random search``: genotypes drawn uniformly from the same space (``fnas.random_genotype``), kept
   if within budget, each trained with the same recipe on the search-train split and scored on the
@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from fnas import cost as K
-from fnas.cli import DEFAULTS  # noqa: E402
+from fnas.search.defaults import DEFAULTS  # noqa: E402
 from fnas.search.config import SearchConfig  # noqa: E402
 from fnas.spaces.cell.config import SpaceConfig  # noqa: E402
 from fnas.spaces.cell.genotype import genotype_to_dict, random_genotype  # noqa: E402
@@ -401,7 +401,7 @@ def report(results: list[dict], args, settings: dict, elapsed: float) -> str:
         f"Made by `python bench/quality.py {' '.join(args.argv)}`".rstrip() + f" on {machine()}; "
         f"{args.workers} jobs side by side, one torch thread each; {elapsed / 60:.1f} min for the jobs run "
         f"this time. Seeds {seeds}; mean ± sample std over seeds. The recipe is in the script's docstring.\n",
-        "Search settings: the CLI defaults (`fnas.cli.DEFAULTS`: "
+        "Search settings: the CLI defaults (`fnas.search.defaults.DEFAULTS`: "
         + ", ".join(f"{k} {DEFAULTS[k]}" for k in ("lr", "arch_lr", "arch_weight_decay", "penalty_weight", "beta_weight"))
         + "), epochs scaled to the study's time: "
         + "; ".join(

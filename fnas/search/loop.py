@@ -19,7 +19,7 @@ from fnas import cost
 from fnas.core import collectives as distributed
 from fnas.core import hypergrad
 from fnas.core import tree
-from fnas.data import check_input
+from fnas.core.checks import check_input
 from fnas.search.config import SearchConfig
 from fnas.core.optim import AdamState, SGDState, adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init
 from fnas.core.optim import sgd_update

@@ -19,15 +19,8 @@ from fnas.spaces.chain import (
     random_genotype,
 )
 
+from chain_helpers import onehot_alphas, tiny
 from conftest import make_gen
-
-TINY = dict(in_channels=2, num_classes=3, input_shape=(16, 1), widths=(4, 4, 6), width_fractions=(0.5, 1.0),
-            kernels=(3, 5), dilations=(1, 2), strides=(1, 1, 2))  # fmt: skip
-
-
-def tiny(**changes) -> ChainSpaceConfig:
-    return ChainSpaceConfig(**{**TINY, **changes})
-
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -136,21 +129,10 @@ def test_validate_rejects_non_genotypes():
         tiny().validate([("conv_k3_d1", 4)] * 3)
 
 
-def _onehot_alphas(cfg, genotype, hot=0.0, cold=-1e4, dtype=torch.float64):
-    alphas = {}
-    for b, (op, width) in enumerate(genotype.blocks):
-        alphas[f"b{b}_op"] = torch.full((len(cfg.candidates[b]),), cold, dtype=dtype)
-        alphas[f"b{b}_op"][cfg.candidates[b].index(op)] = hot
-        alphas[f"b{b}_width"] = torch.full((len(cfg.width_choices[b]),), cold, dtype=dtype)
-        if op != IDENTITY:
-            alphas[f"b{b}_width"][cfg.width_choices[b].index(width)] = hot
-    return alphas
-
-
 def test_derive_takes_the_argmax_and_identity_carries_its_input_width():
     cfg = tiny()
     g = ChainGenotype((("sep_k5_d2", 2), (IDENTITY, 2), ("conv_k3_d2", 6)))
-    alphas = _onehot_alphas(cfg, g, hot=1.0, cold=0.0)
+    alphas = onehot_alphas(cfg, g, hot=1.0, cold=0.0)
     alphas["b1_width"][1] = 5.0  # ignored: identity keeps 2 channels
     assert derive_genotype(alphas, cfg) == g == cfg.derive(alphas)
 

@@ -94,7 +94,7 @@ def genotype_from_dict(data: Mapping, cfg: ChainSpec) -> ChainGenotype:
 
 
 def check_alphas(alphas: Mapping[str, torch.Tensor], cfg: ChainSpec) -> None:
-    """Raise ``ValueError`` unless ``alphas`` (or scores) hold every block's op and width vector in this space's shapes."""
+    """Raise ``ValueError`` unless ``alphas`` (or scores) hold each block's op and width vectors, shaped for ``cfg``."""
     for b in range(cfg.num_blocks):
         for key, n in ((f"b{b}_op", len(cfg.candidates[b])), (f"b{b}_width", len(cfg.width_choices[b]))):
             got = tuple(alphas[key].shape) if key in alphas else "missing"
@@ -114,7 +114,8 @@ def derive_genotype(alphas_or_scores: Mapping[str, torch.Tensor], cfg: ChainSpec
     blocks, c_in = [], cfg.in_channels
     for b in range(cfg.num_blocks):
         op = cfg.candidates[b][int(torch.argmax(alphas_or_scores[f"b{b}_op"].detach()))]
-        width = c_in if op == IDENTITY else cfg.width_choices[b][int(torch.argmax(alphas_or_scores[f"b{b}_width"].detach()))]
+        pick = int(torch.argmax(alphas_or_scores[f"b{b}_width"].detach()))
+        width = c_in if op == IDENTITY else cfg.width_choices[b][pick]
         blocks.append((op, width))
         c_in = width
     return ChainGenotype(tuple(blocks))

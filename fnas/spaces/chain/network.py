@@ -108,7 +108,9 @@ class ChainNetwork(nn.Module):
             self.head.weight.copy_(weights["head"]["weight"][:, :c_in])
             self.head.bias.copy_(weights["head"]["bias"])
         except (KeyError, RuntimeError, IndexError) as err:
-            raise ValueError(f"The supernet pytrees do not fit this network's space ({err}); use the same ChainSpaceConfig") from err
+            raise ValueError(
+                f"The supernet pytrees do not fit this network's space ({err}); use the same ChainSpaceConfig"
+            ) from err
 
 
 def _load_bn(bn: nn.BatchNorm2d, params: dict, stats: dict, c: int) -> None:

@@ -133,12 +133,13 @@ class ChainSpec:
         op_types = tuple(self.op_types)
         if not op_types or len(set(op_types)) != len(op_types) or not set(op_types) <= set(OP_TYPES):
             raise ValueError(f"{owner}.op_types must be distinct names from {OP_TYPES}, got {self.op_types!r}")
+        bad_fractions = f"{owner}.width_fractions must be non-empty numbers in (0, 1], got {self.width_fractions!r}"
         try:
             fractions = tuple(float(f) for f in self.width_fractions)
         except (TypeError, ValueError):
-            raise ValueError(f"{owner}.width_fractions must be numbers in (0, 1], got {self.width_fractions!r}") from None
+            raise ValueError(bad_fractions) from None
         if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
-            raise ValueError(f"{owner}.width_fractions must be non-empty numbers in (0, 1], got {self.width_fractions!r}")
+            raise ValueError(bad_fractions)
         if not isinstance(self.identity, bool) or not isinstance(self.with_input_batchnorm, bool):
             raise ValueError(f"{owner}.identity and .with_input_batchnorm must be bools")
         for name, value in (

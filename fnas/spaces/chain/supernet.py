@@ -21,8 +21,8 @@ References:
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import Any
 
 import torch
 
@@ -40,24 +40,29 @@ def tap_index(taps: int, kernel: int, dilation: int) -> list[int]:
     return [centre + dilation * (j - kernel // 2) for j in range(kernel)]
 
 
-@functools.lru_cache(maxsize=64)
-def tap_masks(cfg: ChainSpec, op_type: str) -> Tensor:
-    """``(n_t, taps)`` 0/1 masks of op type ``op_type``'s candidates, in alphas order (float64, CPU)."""
+def tap_masks(cfg: ChainSpec, op_type: str, *, like: Tensor | None = None) -> Tensor:
+    """``(n_t, taps)`` 0/1 masks of op type ``op_type``'s candidates, in alphas order.
+
+    Built from Python constants on each call (no cache: ``torch.compile`` folds them; an
+    ``lru_cache`` would be traced through with a warning). Dtype and device of ``like`` (float64 CPU).
+    """
     rows = [c for c in cfg.op_candidates if c.op_type == op_type]
-    masks = torch.zeros(len(rows), cfg.taps, dtype=torch.float64)
-    for r, c in enumerate(rows):
-        masks[r, tap_index(cfg.taps, c.kernel, c.dilation)] = 1.0
-    return masks
+    masks = [[0.0] * cfg.taps for _ in rows]
+    for row, c in zip(masks, rows):
+        for i in tap_index(cfg.taps, c.kernel, c.dilation):
+            row[i] = 1.0
+    like = torch.empty((), dtype=torch.float64) if like is None else like
+    return torch.tensor(masks, dtype=like.dtype, device=like.device)
 
 
-@functools.lru_cache(maxsize=64)
-def width_masks(cfg: ChainSpec, block: int) -> Tensor:
-    """``(n_w, widths[block])``: row ``i`` keeps the first ``width_choices[block][i]`` channels (float64, CPU)."""
-    c = torch.arange(cfg.widths[block])
-    return torch.stack([(c < w).double() for w in cfg.width_choices[block]])
+def width_masks(cfg: ChainSpec, block: int, *, like: Tensor | None = None) -> Tensor:
+    """``(n_w, widths[block])``: row ``i`` keeps the first ``width_choices[block][i]`` channels."""
+    like = torch.empty((), dtype=torch.float64) if like is None else like
+    keep = [[1.0 if c < w else 0.0 for c in range(cfg.widths[block])] for w in cfg.width_choices[block]]
+    return torch.tensor(keep, dtype=like.dtype, device=like.device)
 
 
-def apply_bn(params: dict, stats: dict, x: Tensor, *, train: bool, sync=None) -> tuple[Tensor, dict]:
+def apply_bn(params: dict, stats: dict, x: Tensor, *, train: bool, sync: Any = None) -> tuple[Tensor, dict]:
     """Every BatchNorm of the chain space goes through here, so wiring ``sync`` is one line.
 
     ``fnas.core.layers.apply_bn`` does not take ``sync`` yet: today it syncs data-parallel batches
@@ -72,7 +77,9 @@ def _kaiming(gen: torch.Generator, shape: tuple[int, ...], fan_in: int, dtype: t
     return (torch.rand(shape, generator=gen, dtype=dtype) * 2.0 - 1.0) / math.sqrt(fan_in)
 
 
-def init_supernet(cfg: ChainSpec, gen: torch.Generator, *, dtype: torch.dtype = torch.float32) -> tuple[dict, dict, dict]:
+def init_supernet(
+    cfg: ChainSpec, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
+) -> tuple[dict, dict, dict]:
     """``(weights, alphas, stats)`` of the chain supernet.
 
     Shared kernels are drawn with the fan-in of the largest candidate kernel (``c_in * k_max``
@@ -112,7 +119,7 @@ def init_supernet(cfg: ChainSpec, gen: torch.Generator, *, dtype: torch.dtype = 
 
 
 def _apply_type(
-    params: dict, stats: dict, x: Tensor, taps_w: Tensor, *, op_type: str, stride: int, train: bool, sync
+    params: dict, stats: dict, x: Tensor, taps_w: Tensor, *, op_type: str, stride: int, train: bool, sync: Any
 ) -> tuple[Tensor, dict]:
     """One op type with tap weights ``taps_w`` (taps,): ReLU(BN(conv)) or ReLU(BN(pw(dw)))."""
     m = taps_w.reshape(1, 1, -1, 1)
@@ -127,14 +134,14 @@ def _apply_type(
 
 def apply_block(
     params: dict, stats: dict, x: Tensor, op_alpha: Tensor, width_alpha: Tensor, *, cfg: ChainSpec, block: int,
-    train: bool, sync=None,
+    train: bool, sync: Any = None,
 ) -> tuple[Tensor, dict]:
     """Block ``block`` of the supernet on ``x`` (N, in_widths[block], T, 1); see the module docstring."""
     p = torch.softmax(op_alpha, dim=-1)
     q = torch.softmax(width_alpha, dim=-1)
     mixed, new, start = None, {}, 0
     for t in cfg.op_types:
-        masks = tap_masks(cfg, t).to(p)  # (n_t, taps)
+        masks = tap_masks(cfg, t, like=p)  # (n_t, taps)
         p_t = p[start : start + masks.shape[0]]
         start += masks.shape[0]
         total = p_t.sum()
@@ -143,7 +150,7 @@ def apply_block(
         y, new[t] = _apply_type(params[t], stats[t], x, taps_w, op_type=t, stride=cfg.strides[block], train=train,
                                 sync=sync)  # fmt: skip
         mixed = total * y if mixed is None else mixed + total * y
-    width = q @ width_masks(cfg, block).to(q)  # (C_out,): P(channel c is kept)
+    width = q @ width_masks(cfg, block, like=q)  # (C_out,): P(channel c is kept)
     out = mixed * width.reshape(1, -1, 1, 1)
     if cfg.candidates[block][-1] == IDENTITY:
         out = out + p[-1] * x
@@ -151,7 +158,7 @@ def apply_block(
 
 
 def apply_supernet(
-    weights: dict, alphas: dict, stats: dict, x: Tensor, *, cfg: ChainSpec, train: bool, sync=None
+    weights: dict, alphas: dict, stats: dict, x: Tensor, *, cfg: ChainSpec, train: bool, sync: Any = None
 ) -> tuple[Tensor, dict]:
     """Logits of the chain supernet; a pure function (``stats`` is never modified).
 

@@ -87,7 +87,8 @@ def test_sram_budget_in_float32_bytes(members):
 @pytest.mark.parametrize(
     "budgets, match",
     [
-        pytest.param({"params": 10}, r"params budget 10 is below the minimum achievable in this space: \d", id="below-min"),
+        pytest.param({"params": 10}, r"params budget 10 is below the minimum achievable in this space: \d",
+                     id="below-min"),
         pytest.param({"flops": 10}, "Unknown budget keys", id="bad-key"),
         pytest.param({"params": -1}, "positive number", id="negative"),
         pytest.param({"params": True}, "positive number", id="bool"),

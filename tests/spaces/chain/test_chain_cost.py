@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fnas.spaces.chain import IDENTITY, ChainGenotype, ChainSpaceConfig, expected_cost, genotype_cost, max_cost, min_cost
+from fnas.spaces.chain import (
+    IDENTITY,
+    ChainGenotype,
+    ChainSpaceConfig,
+    expected_cost,
+    genotype_cost,
+    max_cost,
+    min_cost,
+)
 
 from chain_helpers import all_genotypes, onehot_alphas, tiny
 from conftest import make_gen

@@ -88,24 +88,37 @@ def test_json_round_trip():
     assert genotype_from_dict(genotype_to_dict(g), cfg) == g
 
 
+MEMBER = [["conv_k3_d1", 4], ["identity", 4], ["sep_k3_d1", 3]]
+
+
+def _with(block: int, entry: list) -> list:
+    """MEMBER with block ``block`` replaced by ``entry``."""
+    return [entry if b == block else e for b, e in enumerate(MEMBER)]
+
+
 @pytest.mark.parametrize(
     "blocks, match",
     [
-        pytest.param([["conv_k7_d1", 4], ["identity", 4], ["sep_k3_d1", 3]], r"block 0: op 'conv_k7_d1' is not allowed; allowed: \['conv_k3_d1'", id="unknown-kernel"),
-        pytest.param([["pool_k3_d1", 4], ["identity", 4], ["sep_k3_d1", 3]], "block 0: op 'pool_k3_d1'", id="unknown-op"),
-        pytest.param([["conv_k3_d1", 5], ["identity", 5], ["sep_k3_d1", 3]], r"block 0: width 5 is not allowed; allowed: \[2, 4\]", id="width-not-a-choice"),
-        pytest.param([["conv_k3_d1", 4], ["identity", 4], ["identity", 4]], r"block 2: op 'identity' is not allowed \(identity needs stride 1", id="identity-where-strided"),
-        pytest.param([["identity", 2], ["identity", 2], ["sep_k3_d1", 3]], "block 0: op 'identity' is not allowed", id="identity-changing-width"),
-        pytest.param([["conv_k3_d1", 4], ["identity", 2], ["sep_k3_d1", 3]], "block 1: identity carries its input width 4", id="identity-wrong-width"),
-        pytest.param([["conv_k3_d1", 4], ["identity", 4]], "2 blocks but the space has 3", id="too-short"),
-        pytest.param([["conv_k3_d1", 4.0], ["identity", 4], ["sep_k3_d1", 3]], r"block 0: width must be an int, got 4\.0", id="float-width"),
-        pytest.param([["conv_k3_d1", "4"], ["identity", 4], ["sep_k3_d1", 3]], "block 0: width must be an int, got '4'", id="string-width"),
-        pytest.param([["conv_k3_d1", True], ["identity", 4], ["sep_k3_d1", 3]], "block 0: width must be an int", id="bool-width"),
-        pytest.param([["conv_k3_d1"], ["identity", 4], ["sep_k3_d1", 3]], r"block 0: expected \[op_name, width\]", id="pair-missing"),
-        pytest.param([[3, 4], ["identity", 4], ["sep_k3_d1", 3]], "block 0: op 3 is not allowed", id="op-not-a-string"),
+        pytest.param(_with(0, ["conv_k7_d1", 4]), r"block 0: op 'conv_k7_d1' is not allowed; allowed: \['conv_k3_d1'",
+                     id="unknown-kernel"),
+        pytest.param(_with(0, ["pool_k3_d1", 4]), "block 0: op 'pool_k3_d1'", id="unknown-op"),
+        pytest.param(_with(0, [3, 4]), "block 0: op 3 is not allowed", id="op-not-a-string"),
+        pytest.param(_with(2, ["sep_k3_d1", 4]), r"block 2: width 4 is not allowed; allowed: \[3, 6\]",
+                     id="width-not-a-choice"),
+        pytest.param(_with(2, ["identity", 4]), r"block 2: op 'identity' is not allowed \(identity needs stride 1",
+                     id="identity-where-strided"),
+        pytest.param(_with(0, ["identity", 2]), "block 0: op 'identity' is not allowed", id="identity-changing-width"),
+        pytest.param(_with(1, ["identity", 2]), "block 1: identity carries its input width 4",
+                     id="identity-wrong-width"),
+        pytest.param(MEMBER[:2], "2 blocks but the space has 3", id="too-short"),
+        pytest.param(_with(0, ["conv_k3_d1", 4.0]), r"block 0: width must be an int, got 4\.0", id="float-width"),
+        pytest.param(_with(0, ["conv_k3_d1", "4"]), "block 0: width must be an int, got '4'", id="string-width"),
+        pytest.param(_with(0, ["conv_k3_d1", True]), "block 0: width must be an int", id="bool-width"),
+        pytest.param(_with(0, ["conv_k3_d1"]), r"block 0: expected \[op_name, width\]", id="pair-missing"),
     ],
 )
 def test_bad_genotypes_name_the_block_and_the_allowed_values(blocks, match):
+    tiny().genotype_from_dict({"blocks": MEMBER})  # the unchanged genotype is a member
     with pytest.raises(ValueError, match=match):
         tiny().genotype_from_dict({"space": "chain", "blocks": blocks})
 

@@ -145,3 +145,17 @@ def test_a_fresh_network_trains():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_apply_compiles_in_one_graph_with_the_same_gradients():
+    cfg = tiny()
+    weights, alphas, stats = cfg.init(make_gen(0))
+    x = _x(cfg, dtype=torch.float32)
+
+    def alpha_grad(w, a, s, x):
+        return torch.func.grad(lambda a: cfg.apply(w, a, s, x, train=True)[0].square().mean())(a)
+
+    compiled = torch.compile(alpha_grad, backend="aot_eager", fullgraph=True)  # fullgraph: no graph breaks
+    got, want = compiled(weights, alphas, stats, x), alpha_grad(weights, alphas, stats, x)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], **tol(torch.float32))

@@ -1,0 +1,304 @@
+"""Costs of chain genotypes: exact params / MACs / peak SRAM, their expectation under the alphas, extremes.
+
+Conventions are those of :mod:`fnas.cost` (batch 1, the evaluation network, affine BN counts
+``2 C`` parameters; MACs are ``FlopCounterMode`` FLOPs / 2: convolutions ``T_out C_out C_in / groups
+k`` and the head's ``C num_classes``; BN, ReLU, pooling are free). Peak activation memory (int8: 1
+byte per element) follows a layer-by-layer schedule: the input BN runs in place; a conv block's
+step holds its input and its output; a sep block has two steps (input + depthwise output, then
+depthwise output + output); identity is free (no kernel); the head holds the last activation and
+the pooled vector, then the pooled vector and the logits.
+
+Expected cost (differentiable): per block ``p = softmax(op)``, ``q = softmax(width)``, the expected
+output width ``E[c_out] = p_id E[c_in] + (1 - p_id) sum_w q_w w``, and per candidate its exact
+formula at the expected widths, weighted by ``p``. Params and MACs are bilinear in (c_in, c_out)
+and the blocks' choices independent, so this is the exact expectation over genotypes drawn from
+``(p, q)``; SRAM is a smooth maximum over the blocks' expected steps.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal, Mapping, NamedTuple
+
+import torch
+
+from fnas.spaces.chain.genotype import ChainGenotype, check_alphas, validate_genotype
+from fnas.spaces.chain.spec import IDENTITY, ChainSpec, parse_op
+
+__all__ = [
+    "METRICS",
+    "BlockOption",
+    "ChainCost",
+    "block_cost",
+    "block_options",
+    "completion",
+    "expected_cost",
+    "fixed_cost",
+    "genotype_cost",
+    "head_cost",
+    "input_states",
+    "max_cost",
+    "min_cost",
+]
+
+Tensor = torch.Tensor
+Metric = Literal["params", "macs", "sram"]
+METRICS = ("params", "macs", "sram")
+
+
+class ChainCost(NamedTuple):
+    """Exact cost of a chain genotype's network at batch 1 (the fields of :class:`fnas.cost.Cost`).
+
+    Attributes:
+        params, macs: parameter count and multiply-accumulates.
+        peak_sram_bytes_int8, peak_sram_bytes_f32: peak live activation elements x 1 and x 4 bytes.
+        peak_at: the step where the peak occurs (the first, on ties).
+        parts: ``{part: (params, macs)}``: ``input_bn``, ``blocks.{b}.{op}`` (every block), ``head``.
+        schedule: ``((step, live_elems), ...)`` in execution order.
+    """
+
+    params: int
+    macs: int
+    peak_sram_bytes_int8: int
+    peak_sram_bytes_f32: int
+    peak_at: str
+    parts: dict[str, tuple[int, int]]
+    schedule: tuple[tuple[str, int], ...]
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """``{"input_bn", "blocks", "head"}``: (params, macs) summed per part."""
+        out = {"input_bn": (0, 0), "blocks": (0, 0), "head": (0, 0)}
+        for key, (p, m) in self.parts.items():
+            part = key.split(".")[0]
+            out[part] = (out[part][0] + p, out[part][1] + m)
+        return out
+
+
+class BlockOption(NamedTuple):
+    """One choice of a block from a given input width, with its exact cost.
+
+    ``steps`` are ``(suffix, live_elems)`` kernel steps (none for identity); ``peak`` their maximum (0).
+    """
+
+    op: str
+    width: int  # output width (identity: the input width)
+    params: int
+    macs: int
+    steps: tuple[tuple[str, int], ...]
+
+    @property
+    def peak(self) -> int:
+        return max((v for _, v in self.steps), default=0)
+
+    def value(self, metric: str) -> int:
+        """The option's params, MACs or peak step."""
+        return self.peak if metric == "sram" else getattr(self, metric)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"Unknown metric {metric!r}; expected one of {list(METRICS)}")
+
+
+def _t_in(cfg: ChainSpec, block: int) -> int:
+    return cfg.input_shape[0] if block == 0 else cfg.lengths[block - 1]
+
+
+def block_cost(cfg: ChainSpec, block: int, op: str, c_in: int, c_out: int) -> BlockOption:
+    """Exact cost of ``op`` at block ``block`` from ``c_in`` to ``c_out`` channels (identity: ``c_out = c_in``)."""
+    cand = parse_op(op)
+    if cand is None:
+        return BlockOption(IDENTITY, c_in, 0, 0, ())
+    k, t_in, t_out = cand.kernel, _t_in(cfg, block), cfg.lengths[block]
+    if cand.op_type == "conv":
+        steps = (("", t_in * c_in + t_out * c_out),)
+        return BlockOption(op, c_out, k * c_in * c_out + 2 * c_out, t_out * c_out * c_in * k, steps)
+    steps = (("[dw]", t_in * c_in + t_out * c_in), ("[pw]", t_out * c_in + t_out * c_out))
+    return BlockOption(op, c_out, k * c_in + c_in * c_out + 2 * c_out, t_out * c_in * (k + c_out), steps)
+
+
+def head_cost(cfg: ChainSpec, c: int) -> BlockOption:
+    """The head (global average pool, linear) on ``c`` channels, as a :class:`BlockOption`."""
+    nc, t = cfg.num_classes, cfg.lengths[-1]
+    return BlockOption("head", c, c * nc + nc, c * nc, ((".pool", t * c + c), (".linear", c + nc)))
+
+
+def genotype_cost(genotype: ChainGenotype, cfg: ChainSpec) -> ChainCost:
+    """Exact params, MACs and peak activation memory of the :class:`ChainNetwork` of ``genotype``.
+
+    Raises:
+        ValueError: ``genotype`` is not a member of ``cfg``.
+    """
+    validate_genotype(genotype, cfg)
+    parts: dict[str, tuple[int, int]] = {}
+    schedule: list[tuple[str, int]] = []
+    if cfg.with_input_batchnorm:
+        parts["input_bn"] = (2 * cfg.in_channels, 0)
+    c_in = cfg.in_channels
+    for b, (op, width) in enumerate(genotype.blocks):
+        o = block_cost(cfg, b, op, c_in, width)
+        key = f"blocks.{b}.{op}"
+        parts[key] = (o.params, o.macs)
+        schedule += [(key + suffix, live) for suffix, live in o.steps]
+        c_in = width
+    head = head_cost(cfg, c_in)
+    parts["head"] = (head.params, head.macs)
+    schedule += [("head" + suffix, live) for suffix, live in head.steps]
+    peak_at, peak = max(schedule, key=lambda s: s[1])  # max keeps the first on ties
+    return ChainCost(
+        params=sum(p for p, _ in parts.values()),
+        macs=sum(m for _, m in parts.values()),
+        peak_sram_bytes_int8=peak,
+        peak_sram_bytes_f32=4 * peak,
+        peak_at=peak_at,
+        parts=parts,
+        schedule=tuple(schedule),
+    )
+
+
+# --- every choice, for extremes and the knapsack --------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def input_states(cfg: ChainSpec) -> tuple[tuple[int, ...], ...]:
+    """``states[b]``: the input widths block ``b`` can see; ``states[L]``: the head's."""
+    states = [(cfg.in_channels,)]
+    for b in range(cfg.num_blocks):
+        out = set(cfg.width_choices[b]) | (set(states[-1]) if cfg.identity_allowed[b] else set())
+        states.append(tuple(sorted(out)))
+    return tuple(states)
+
+
+@functools.lru_cache(maxsize=4096)
+def block_options(cfg: ChainSpec, block: int, c_in: int) -> tuple[BlockOption, ...]:
+    """Every ``(op, width)`` of block ``block`` from input width ``c_in``, in alphas order (op-major)."""
+    out = []
+    for op in cfg.candidates[block]:
+        widths = (c_in,) if op == IDENTITY else cfg.width_choices[block]
+        out += [block_cost(cfg, block, op, c_in, w) for w in widths]
+    return tuple(out)
+
+
+def _combine(metric: str, a: int, b: int) -> int:
+    return max(a, b) if metric == "sram" else a + b
+
+
+def fixed_cost(cfg: ChainSpec, metric: str) -> int:
+    """What every genotype pays before its blocks (the input BN's parameters)."""
+    return 2 * cfg.in_channels if metric == "params" and cfg.with_input_batchnorm else 0
+
+
+@functools.lru_cache(maxsize=1024)
+def completion(cfg: ChainSpec, metric: str, which: str) -> tuple[dict[int, int], ...]:
+    """``rest[b][c]``: the least (``which="min"``) or most cost of blocks ``b..L-1`` and the head from
+    input width ``c`` (params and MACs add up, the SRAM peak is a maximum): a dynamic program over
+    blocks whose state is the input width."""
+    best = min if which == "min" else max
+    states = input_states(cfg)
+    rest: list[dict[int, int]] = [{} for _ in states]
+    rest[-1] = {c: head_cost(cfg, c).value(metric) for c in states[-1]}
+    for b in reversed(range(cfg.num_blocks)):
+        rest[b] = {
+            c: best(_combine(metric, o.value(metric), rest[b + 1][o.width]) for o in block_options(cfg, b, c))
+            for c in states[b]
+        }
+    return tuple(rest)
+
+
+def min_cost(cfg: ChainSpec, metric: Metric) -> int:
+    """The exact cost of the space's cheapest genotype (SRAM: the least peak, in int8 bytes).
+
+    Raises:
+        ValueError: unknown metric.
+    """
+    _check_metric(metric)
+    return _combine(metric, fixed_cost(cfg, metric), completion(cfg, metric, "min")[0][cfg.in_channels])
+
+
+def max_cost(cfg: ChainSpec, metric: Metric) -> int:
+    """The exact cost of the space's most expensive genotype (see :func:`min_cost`)."""
+    _check_metric(metric)
+    return _combine(metric, fixed_cost(cfg, metric), completion(cfg, metric, "max")[0][cfg.in_channels])
+
+
+# --- expected (differentiable) cost --------------------------------------------------------------
+
+
+def _straight_through(p: Tensor) -> Tensor:
+    """Value: one-hot at the argmax (first on ties, as derive); gradient: that of ``p``."""
+    hard = torch.nn.functional.one_hot(torch.argmax(p.detach()), p.shape[-1]).to(p)
+    return hard + p - p.detach()
+
+
+def _smooth_max(v: Tensor, tau: float) -> Tensor:
+    """``ref tau logsumexp(v / (ref tau))``, ``ref = max(v)`` detached: >= max(v), by at most ``ref tau log n``."""
+    ref = v.detach().max()
+    return ref * tau * torch.logsumexp(v / (ref * tau), dim=0)
+
+
+def expected_cost(
+    alphas: Mapping[str, Tensor],
+    cfg: ChainSpec,
+    *,
+    metric: Metric,
+    sram_tau: float = 0.01,
+    straight_through: bool = False,
+) -> Tensor:
+    """The expected cost of the genotype the alphas describe; differentiable in ``alphas``.
+
+    Args:
+        alphas: ``{"b{b}_op", "b{b}_width"}`` as :func:`~fnas.spaces.chain.supernet.init_supernet` makes.
+        cfg: the space.
+        metric: ``"params"``, ``"macs"`` or ``"sram"`` (peak activation elements = int8 bytes).
+        sram_tau: relative temperature of the smooth maximum over the SRAM steps.
+        straight_through: the value is that of the derived genotype (one-hot picks: its exact params
+            and MACs, its SRAM peak up to the smooth maximum's slack), the gradient the soft picks'.
+
+    Returns:
+        A 0-d tensor of the alphas' dtype, fixed parts (input BN, head) included.
+
+    Raises:
+        ValueError: unknown metric, a non-positive ``sram_tau``, or alphas of the wrong shape.
+
+    References:
+        Wan et al. FBNetV2. CVPR 2020 (expected width); Risso et al. PIT. IEEE TC 2022.
+    """
+    check_alphas(alphas, cfg)
+    _check_metric(metric)
+    if not sram_tau > 0:
+        raise ValueError(f"sram_tau must be positive, got {sram_tau!r}")
+    ref = alphas["b0_op"]
+    opts = {"dtype": ref.dtype, "device": ref.device}
+    cands = cfg.op_candidates
+    k = torch.tensor([c.kernel for c in cands], **opts)
+    conv = torch.tensor([c.op_type == "conv" for c in cands], device=ref.device)
+    c_in = torch.tensor(float(cfg.in_channels), **opts)
+    total = torch.tensor(float(fixed_cost(cfg, metric)), **opts)
+    steps = []
+    for b in range(cfg.num_blocks):
+        p, q = torch.softmax(alphas[f"b{b}_op"], -1), torch.softmax(alphas[f"b{b}_width"], -1)
+        if straight_through:
+            p, q = _straight_through(p), _straight_through(q)
+        w = q @ torch.tensor([float(v) for v in cfg.width_choices[b]], **opts)  # E[c_out | not identity]
+        t_in, t_out = _t_in(cfg, b), cfg.lengths[b]
+        if metric == "params":
+            value = torch.where(conv, k * c_in * w + 2 * w, k * c_in + c_in * w + 2 * w)
+        elif metric == "macs":
+            value = torch.where(conv, t_out * w * c_in * k, t_out * c_in * (k + w))
+        else:
+            sep = torch.maximum(t_in * c_in + t_out * c_in, t_out * c_in + t_out * w)
+            value = torch.where(conv, t_in * c_in + t_out * w, sep)
+        block = p[: len(cands)] @ value
+        p_id = p[-1] if cfg.identity_allowed[b] else torch.zeros((), **opts)
+        if metric == "sram":
+            steps.append(block)
+        else:
+            total = total + block
+        c_in = p_id * c_in + (1 - p_id) * w
+    nc, t = cfg.num_classes, cfg.lengths[-1]
+    if metric == "params":
+        return total + c_in * nc + nc
+    if metric == "macs":
+        return total + c_in * nc
+    steps += [t * c_in + c_in, c_in + nc]
+    return _smooth_max(torch.stack(steps), sram_tau)

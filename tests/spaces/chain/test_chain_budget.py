@@ -1,0 +1,152 @@
+"""fnas.spaces.chain.budget: the knapsack finds the brute-force optimum; for_budget sizes a space that binds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fnas.spaces.chain import (
+    ChainSpaceConfig,
+    derive_within_budget,
+    for_budget,
+    genotype_cost,
+    genotype_score,
+    max_cost,
+    meets_budgets,
+    min_cost,
+)
+
+from chain_helpers import all_genotypes, tiny
+from conftest import make_gen
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def members():
+    cfg = tiny()
+    return cfg, [(g, genotype_cost(g, cfg)) for g in all_genotypes(cfg)]
+
+
+def _random_alphas(cfg, seed: int) -> dict:
+    gen = make_gen(seed)
+    return {k: 2.0 * torch.randn(v.shape, generator=gen, dtype=F64) for k, v in cfg.init(make_gen(0))[1].items()}
+
+
+def _quantile(values: list[int], q: float) -> int:
+    return sorted(values)[int(q * (len(values) - 1))]
+
+
+BUDGETS = [
+    pytest.param({"params": 0.05}, id="params-5%"),
+    pytest.param({"params": 0.5}, id="params-50%"),
+    pytest.param({"macs": 0.2}, id="macs-20%"),
+    pytest.param({"sram": 0.3}, id="sram-30%"),
+    pytest.param({"params": 0.4, "macs": 0.3}, id="params+macs"),
+    pytest.param({"params": 0.6, "sram": 0.2, "macs": 0.8}, id="all-three"),
+]
+
+
+@pytest.mark.parametrize("from_scores", [False, True], ids=["alphas", "scores"])
+@pytest.mark.parametrize("quantiles", BUDGETS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_knapsack_equals_brute_force(members, quantiles, seed, from_scores):
+    cfg, costs = members
+    exact = {
+        "params": [c.params for _, c in costs],
+        "macs": [c.macs for _, c in costs],
+        "sram": [c.peak_sram_bytes_int8 for _, c in costs],
+    }
+    budgets = {m: _quantile(exact[m], q) for m, q in quantiles.items()}
+    alphas = _random_alphas(cfg, seed)
+    picked = derive_within_budget(alphas, cfg, budgets, from_scores=from_scores)
+    assert meets_budgets(picked, cfg, budgets)
+    feasible = [g for g, _ in costs if meets_budgets(g, cfg, budgets)]
+    best = max(genotype_score(g, alphas, cfg, from_scores=from_scores) for g in feasible)
+    assert genotype_score(picked, alphas, cfg, from_scores=from_scores) == pytest.approx(best, abs=1e-9)
+
+
+def test_the_unconstrained_optimum_is_derive(members):
+    cfg, costs = members
+    alphas = _random_alphas(cfg, 3)
+    derived = cfg.derive(alphas)
+    assert derive_within_budget(alphas, cfg) == derived == derive_within_budget(alphas, cfg, {"params": 10**9})
+    best = max(costs, key=lambda gc: genotype_score(gc[0], alphas, cfg))[0]
+    assert genotype_score(best, alphas, cfg) == pytest.approx(genotype_score(derived, alphas, cfg), abs=1e-12)
+
+
+def test_sram_budget_in_float32_bytes(members):
+    cfg, costs = members
+    budget = 4 * _quantile([c.peak_sram_bytes_int8 for _, c in costs], 0.3)
+    picked = derive_within_budget(_random_alphas(cfg, 0), cfg, {"sram": budget}, sram_bytes_per_elem=4)
+    assert 4 * genotype_cost(picked, cfg).peak_sram_bytes_int8 <= budget
+
+
+@pytest.mark.parametrize(
+    "budgets, match",
+    [
+        pytest.param({"params": 10}, r"params budget 10 is below the minimum achievable in this space: \d",
+                     id="below-min"),
+        pytest.param({"flops": 10}, "Unknown budget keys", id="bad-key"),
+        pytest.param({"params": -1}, "positive number", id="negative"),
+        pytest.param({"params": True}, "positive number", id="bool"),
+    ],
+)
+def test_budget_errors(budgets, match):
+    cfg = tiny()
+    with pytest.raises(ValueError, match=match):
+        derive_within_budget(_random_alphas(cfg, 0), cfg, budgets)
+
+
+def test_jointly_unreachable_budgets_say_so():
+    # 8 -> 2 channels: sep has fewer parameters than conv, conv a smaller activation peak
+    cfg = tiny(in_channels=8, widths=(2,), width_fractions=(1.0,), kernels=(3,), dilations=(1,), strides=(1,))
+    budgets = {"params": min_cost(cfg, "params"), "sram": min_cost(cfg, "sram")}
+    assert not any(meets_budgets(g, cfg, budgets) for g in all_genotypes(cfg))
+    with pytest.raises(ValueError, match="together, although each alone is reachable"):
+        derive_within_budget(_random_alphas(cfg, 0), cfg, budgets)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param(dict(max_params=5_000), id="5k-params"),
+        pytest.param(dict(max_params=20_000), id="20k-params"),
+        pytest.param(dict(max_params=20_000, max_macs=1_000_000), id="20k-params-1M-macs"),
+        pytest.param(dict(max_sram_bytes=8_000), id="8k-sram"),
+    ],
+)
+def test_for_budget_makes_the_budget_bind(kwargs):
+    cfg, text = for_budget(**kwargs)
+    assert isinstance(cfg, ChainSpaceConfig) and "widths=" in text
+    for arg, metric in (("max_params", "params"), ("max_macs", "macs"), ("max_sram_bytes", "sram")):
+        if arg in kwargs:
+            assert min_cost(cfg, metric) <= kwargs[arg] < max_cost(cfg, metric)
+            assert max_cost(cfg, metric) <= 8 * kwargs[arg]
+    if "max_params" in kwargs and len(kwargs) == 1:
+        assert 2 <= max_cost(cfg, "params") / kwargs["max_params"] <= 4
+
+
+def test_for_budget_keeps_the_base_data_and_drops_blocks_when_it_must():
+    base = tiny(identity=False)  # no identity: every block costs something
+    cfg, _ = for_budget(max_params=5_000, base=base)
+    assert (cfg.in_channels, cfg.num_classes, cfg.input_shape, cfg.kernels) == (2, 3, (16, 1), (3, 5))
+    small = min_cost(tiny(widths=(1,), strides=(1,)), "params")  # one block of width 1
+    cfg, text = for_budget(max_params=small + 3, base=base)
+    assert cfg.num_blocks < 3 and f"({cfg.num_blocks} blocks)" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param(dict(), "at least one", id="no-budget"),
+        pytest.param(dict(max_params=1), "No scaling", id="too-small"),
+        pytest.param(dict(max_params=10**12), "No scaling", id="too-large"),
+        pytest.param(dict(max_params=5000, target_ratio=1.0), "target_ratio", id="ratio"),
+    ],
+)
+def test_for_budget_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        for_budget(**kwargs)

@@ -228,13 +228,18 @@ def convert_float(model: nn.Module, example_nhwc: torch.Tensor) -> bytes:
 
     gm = lower_for_tflm(model, example_nhwc)
     litert_torch.config.show_progress = False
+    error = None
     with _captured_fds() as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             data = litert_torch.convert(gm, (example_nhwc,)).model_content()
         except Exception as exc:  # the converter's errors are of many types; name them at the boundary
-            raise ValueError(f"litert-torch could not convert the network ({type(exc).__name__}: {exc})") from exc
-    del log
+            error = exc
+    if error is not None:
+        tail = "".join(log).strip()[-800:]
+        raise ValueError(
+            f"litert-torch could not convert the network ({type(error).__name__}: {error}); converter log tail:\n{tail}"
+        ) from error
     unsupported = sorted({op for op in tflite_ops(data) if op.startswith(("STABLEHLO_", "CUSTOM", "FLEX"))})
     if unsupported:
         raise ValueError(

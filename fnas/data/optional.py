@@ -1,4 +1,4 @@
-"""Optional third-party packages the loaders read from: found without importing them, and the error when one is missing."""
+"""Optional third-party packages the loaders read: found without importing them, and the error when one is missing."""
 
 from __future__ import annotations
 

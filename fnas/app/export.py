@@ -28,6 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from fnas.core.io import atomic_write_bytes
+from fnas.data import MissingDependencyError
+
 __all__ = ["OPSET", "export_model", "export_onnx", "onnx_logits", "quantize_int8", "require_export_deps"]
 
 OPSET = 18  # the lowest opset torch's dynamo exporter emits; onnxruntime >= 1.14 runs it
@@ -40,8 +43,6 @@ def require_export_deps() -> None:
     Raises:
         ValueError: (a ``fnas.data.MissingDependencyError``) onnx, onnxscript or onnxruntime is missing.
     """
-    from fnas.data import MissingDependencyError
-
     missing = []
     for module in ("onnx", "onnxscript", "onnxruntime"):
         try:
@@ -347,8 +348,6 @@ def export_model(
         accuracies (PyTorch, ONNX float32, ONNX int8), int8/float32 prediction agreement, sample
         counts.
     """
-    from fnas.core.io import atomic_write_bytes
-
     require_export_deps()
     import onnx
     import onnxruntime

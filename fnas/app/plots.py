@@ -15,6 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fnas.core.io import atomic_write_bytes
+from fnas.spaces.cell.supernet import edge_row
+
 __all__ = ["PLOT_FILES", "plot_alphas", "plot_cells", "plot_curves", "save_figure", "write_plots"]
 
 # file name -> what it shows (the CLI lists these)
@@ -39,8 +42,6 @@ def _figure(width: float, height: float):
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Render ``fig`` to PNG and write it atomically; returns the path."""
-    from fnas.core.io import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
     atomic_write_bytes(path, buf.getvalue())
@@ -123,7 +124,7 @@ def plot_alphas(
             if i >= j:
                 ax.set_axis_off()
                 continue
-            row = j * (j - 1) // 2 + i
+            row = edge_row(i, j)
             if warmup_epochs > 0:
                 ax.axvspan(0.5, min(warmup_epochs, epochs) + 0.5, color="0.92", zorder=0, lw=0)
             for k, name in enumerate(primitives):

@@ -1,4 +1,4 @@
-"""Training and evaluation of a fixed network (the found architecture), with a standard recipe.
+"""Building, training and evaluating a fixed network (the found architecture), with a standard recipe.
 
 SGD with Nesterov momentum, cosine learning rate, label smoothing and weight decay: the usual
 recipe for small CNNs, kept short so the end-to-end job stays within minutes on a CPU.
@@ -12,6 +12,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.cell.genotype import Genotype_CNN
+from fnas.spaces.cell.network import NetworkCnn
+
+
+def build_network(space: SpaceConfig, genotype: Genotype_CNN, gen: torch.Generator | None = None) -> NetworkCnn:
+    """The fixed network of ``genotype`` sized by ``space`` (the one place its arguments are spelled).
+
+    Args:
+        space: channels, cells, nodes, input and classes of the network.
+        genotype: the cells to build.
+        gen: generator of the initial weights; ``None`` seeds one with 0, so the same call gives
+            the same network (what loading a state_dict into it needs).
+
+    Raises:
+        ValueError: the genotype does not fit ``space`` (nodes, multiplier, 1D vs 2D ops).
+    """
+    # stands in for SpaceConfig.network(genotype) until the space builds its own network
+    return NetworkCnn(
+        space.C, space.num_classes, space.layers, genotype, space.in_channels, space.with_input_batchnorm,
+        space.nodes, space.multiplier, space.stem_multiplier,
+        gen=gen or torch.Generator().manual_seed(0), kx1=space.is_1d,
+    )
 
 
 @dataclass(frozen=True)

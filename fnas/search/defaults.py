@@ -35,9 +35,12 @@ DEFAULTS = {
     "selection": "perturbation",
     "train_lr": 0.05,
     "seed": 0,
+    # fnas search --checkpoint-every: steps between mid-epoch checkpoints (0: end of epoch only)
+    "checkpoint_every": 50,
     # One thread: these networks are small, and on 2-core VMs two threads are often slower.
     "threads": 1,
     "device": "cpu",
     # export
     "calib_samples": 1000,
+    "calib_split": "valid",
 }

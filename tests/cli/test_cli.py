@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fnas.app.runs import open_run
 from fnas.cli import main
 from fnas.cost import genotype_cost
 from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype, save_genotype
@@ -122,9 +123,7 @@ def test_show_prints_genotype_exact_cost_accuracy_and_plots(run):
     assert code == 0, err
     genotype = load_genotype(run / "genotype.json")
     summary = json.loads((run / "summary.json").read_text())
-    from fnas.cli import _open_run
-
-    cost = genotype_cost(genotype, _open_run(run).space)
+    cost = genotype_cost(genotype, open_run(run).space)
     assert f"{cost.params:,} parameters" in out and f"{cost.macs:,} MACs" in out
     assert f"{cost.peak_sram_bytes_int8:,} B int8" in out and f"{cost.peak_sram_bytes_f32:,} B float32" in out
     assert f"{summary['test_acc']:.4f} on the held-out test split" in out

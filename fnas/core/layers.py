@@ -94,7 +94,7 @@ def apply_bn(
     ``torch.func`` transforms), so it gets fresh copies and the copies come back as the new stats.
     """
     mean, var = stats["running_mean"], stats["running_var"]
-    y, new_mean, new_var = batch_norm(x, mean, var, params.get("weight"), params.get("bias"), train=train)
+    y, new_mean, new_var = batch_norm(x, mean, var, params.get("weight"), params.get("bias"), train=train, sync=sync)
     return y, {"running_mean": new_mean, "running_var": new_var}
 
 

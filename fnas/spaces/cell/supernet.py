@@ -12,17 +12,22 @@ References:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from einops import rearrange
 
 from fnas.core import layers as L
 from fnas.spaces.cell.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
-from fnas.spaces.cell.topology import cell_plan, concat_range, edge_key, edge_row, edge_weights, space_of
-
-if TYPE_CHECKING:  # annotations only: config.py imports this module
-    from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.cell.topology import (
+    CellSpace,
+    cell_plan,
+    concat_range,
+    edge_key,
+    edge_row,
+    edge_weights,
+    space_of,
+)
 
 Tensor = torch.Tensor
 
@@ -43,12 +48,12 @@ __all__ = [
 ]
 
 
-def _k(cfg: SpaceConfig, k: int) -> tuple[int, int]:
+def _k(cfg: CellSpace, k: int) -> tuple[int, int]:
     return L.kernel_shape(k, cfg.is_1d)
 
 
 def init_supernet(
-    cfg: SpaceConfig | Any, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
+    cfg: CellSpace | Any, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
 ) -> tuple[dict, dict, dict]:
     """Initialise ``(weights, alphas, stats)`` of the search network.
 
@@ -118,7 +123,7 @@ def apply_supernet(
     stats: dict,
     x: Tensor,
     *,
-    cfg: SpaceConfig | Any,
+    cfg: CellSpace | Any,
     train: bool,
     sync: Any = None,
 ) -> tuple[Tensor, dict]:
@@ -155,7 +160,7 @@ def apply_supernet(
 
 
 def apply_cell_plain(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: CellSpace, reduction: bool, train: bool,
     edge_w: Tensor | None = None, sync: Any = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes edge by edge, primitive by primitive: the reference implementation.
@@ -190,7 +195,7 @@ def apply_cell_plain(
 
 
 def apply_cell_fused(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: CellSpace, reduction: bool, train: bool,
     edge_w: Tensor | None = None, sync: Any = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes source by source: when state ``i`` is known, every edge leaving it runs at once

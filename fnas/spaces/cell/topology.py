@@ -5,21 +5,52 @@ Everything that reads alphas, builds cells or counts costs uses these, so the co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:  # annotations only: config.py imports this module's users
-    from fnas.spaces.cell.config import SpaceConfig
-
 Tensor = torch.Tensor
 
-__all__ = ["cell_plan", "concat_range", "edge_key", "edge_row", "edge_weights", "node_rows", "space_of"]
+__all__ = ["CellSpace", "cell_plan", "concat_range", "edge_key", "edge_row", "edge_weights", "node_rows", "space_of"]
+
+
+class CellSpace(Protocol):
+    """What the cell functions read of a space; :class:`fnas.spaces.cell.config.SpaceConfig` has it.
+
+    A protocol rather than the class itself because ``SpaceConfig``'s methods call these modules:
+    the imports point from config.py to them, never back.
+    """
+
+    C: int
+    num_classes: int
+    layers: int
+    in_channels: int
+    input_shape: tuple[int, int]
+    with_input_batchnorm: bool
+    nodes: int
+    multiplier: int
+    stem_multiplier: int
+    primitives: tuple[str, ...]
+    pool_bn: bool
+    fused: bool
+    partial_channels: int
+
+    @property
+    def is_1d(self) -> bool: ...
+
+    @property
+    def num_edges(self) -> int: ...
+
+    @property
+    def reduction_layers(self) -> tuple[int, ...]: ...
+
+    def edges(self) -> list[tuple[int, int]]: ...
+
 
 _SPACE_FIELDS = ("C", "layers", "nodes", "multiplier", "primitives", "reduction_layers")
 
 
-def space_of(cfg: Any) -> SpaceConfig:
+def space_of(cfg: Any) -> CellSpace:
     """The cell space of ``cfg``: a :class:`SpaceConfig`, or any config holding one as ``cfg.space``.
 
     Raises:
@@ -53,7 +84,7 @@ def concat_range(nodes: int, multiplier: int) -> range:
     return range(nodes - multiplier + 1, nodes + 1)
 
 
-def cell_plan(cfg: SpaceConfig) -> list[tuple[bool, int, int]]:
+def cell_plan(cfg: CellSpace) -> list[tuple[bool, int, int]]:
     """``(reduction, C_in, C)`` per cell: its input channels and its node width."""
     plan = []
     c_prev, c = cfg.stem_multiplier * cfg.C, cfg.C

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fnas.core import tree
-from fnas.spaces.primitives import builtin  # noqa: F401 - registers the built-ins OPS lists below
+import fnas.spaces.primitives.builtin  # noqa: F401 - registers the built-ins that OPS lists below
 from fnas.spaces.primitives.registry import Primitive, registered, registered_names
 
 __all__ = [

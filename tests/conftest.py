@@ -82,8 +82,8 @@ def temp_primitives():
         return primitive
 
     yield add
-    for name in added:  # the registry has no public "unregister"
-        P._REGISTRY.pop(name, None)
+    for name in added:
+        P.unregister(name)
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def init_bn(
 
 
 def apply_bn(
-    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool
+    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool, sync=None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """BatchNorm over all but the channel axis; returns ``(y, new_stats)``.
 
@@ -94,12 +94,12 @@ def apply_bn(
     ``torch.func`` transforms), so it gets fresh copies and the copies come back as the new stats.
     """
     mean, var = stats["running_mean"], stats["running_var"]
-    y, new_mean, new_var = batch_norm(x, mean, var, params.get("weight"), params.get("bias"), train=train)
+    y, new_mean, new_var = batch_norm(x, mean, var, params.get("weight"), params.get("bias"), train=train, sync=sync)
     return y, {"running_mean": new_mean, "running_var": new_var}
 
 
 def batch_norm(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, *, train: bool
+    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, *, train: bool, sync=None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure batch norm on raw tensors: ``(y, new_running_mean, new_running_var)``.
 

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fnas.cost import parse_mode
 from fnas.spaces.cell.config import SpaceConfig
 
 HYPERGRADS = ("first_order", "exact", "finite_difference")
@@ -91,9 +92,7 @@ class SearchConfig:
     @property
     def penalty_metrics(self) -> tuple[str, ...]:
         """The cost metrics the architecture loss penalises (``params``, ``macs``, ``sram``)."""
-        from fnas.cost import _parse_mode
-
-        modes = [] if self.penalty_mode is None else _parse_mode(self.penalty_mode)
+        modes = [] if self.penalty_mode is None else parse_mode(self.penalty_mode)
         for metric, budget in self.budgets.items():
             if budget is not None and metric not in modes:
                 modes.append(metric)

@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from fnas.spaces.cell.genotype import Genotype_CNN, validate_genotype
+from fnas.spaces.cell.genotype import Genotype_CNN, derive_from_scores, validate_genotype
 from fnas.spaces.cell.supernet import apply_supernet, space_of
 
 Tensor = torch.Tensor
@@ -72,19 +72,11 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
 
 
 def select_by_perturbation(scores: dict[str, Tensor], cfg) -> Genotype_CNN:
-    """Per node, the (edge, op) pair with the largest score (ties: lower input, then earlier op)."""
+    """Per node, the (edge, op) pair with the largest score (ties: lower input, then earlier op).
+
+    :func:`fnas.spaces.cell.genotype.derive_from_scores`, validated against the space.
+    """
     space = space_of(cfg)
-    cells = {}
-    for kind in ("normal", "reduce"):
-        cell, row = [], 0
-        for j in range(1, space.nodes + 1):
-            block = scores[kind][row : row + j]
-            flat = int(torch.argmax(block.reshape(-1)))
-            i, k = divmod(flat, block.shape[1])
-            cell.append((space.primitives[k], i))
-            row += j
-        cells[kind] = cell
-    concat = range(space.nodes - space.multiplier + 1, space.nodes + 1)
-    genotype = Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
+    genotype = derive_from_scores(scores, space)
     validate_genotype(genotype, nodes=space.nodes, multiplier=space.multiplier)
     return genotype

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fnas import cost as K
+from fnas.core import layers as L
 from fnas.spaces.primitives import modules as O
 from fnas.spaces import primitives as P
 from fnas.search.config import SearchConfig
@@ -165,6 +166,43 @@ def test_module_changing_the_grid_is_rejected(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(O.OPS, "widen", lambda C, stride, affine: nn.Conv2d(C, 2 * C, 1, (stride, 1)))
     with pytest.raises(ValueError, match="keep C channels"):
         K.primitive_cost("widen", 4, 1, (8, 1), kx1=True)
+
+
+def _pointwise(name: str, **kwargs) -> P.Primitive:
+    """A user primitive: a strided 1x1 conv (C*C params, C*C MACs per output position)."""
+
+    def init(gen, C, stride, *, affine, dtype):
+        return {"conv": L.init_conv(gen, C, C, (1, 1), dtype=dtype)}, {}
+
+    def apply(params, stats, x, *, stride, train):  # no sync parameter: run() leaves it out
+        return L.apply_conv(params["conv"], x, stride=stride), stats
+
+    return P.Primitive(name, init, apply, kind="any", family="conv", **kwargs)
+
+
+def test_registered_primitive_is_measured(temp_primitives) -> None:
+    temp_primitives(_pointwise("test_pointwise"))
+    assert K.primitive_cost("test_pointwise", 4, 2, (9, 1), kx1=True) == K.OpCost(16, 16 * 5, 4 * 5, (5, 1), (20,))
+    assert K.primitive_cost("test_pointwise", 4, 2, (7, 6), kx1=False) == K.OpCost(16, 16 * 12, 48, (4, 3), (48,))
+    space = SpaceConfig(input_shape=(13, 1), **{**KX1_SPACE, "primitives": ("none", "test_pointwise")})
+    genotype = _every_node("test_pointwise", space)
+    cost = K.genotype_cost(genotype, space)
+    assert (cost.params, cost.macs) == _measure(genotype, space)
+
+
+def test_registered_primitive_uses_its_cost_formula(temp_primitives) -> None:
+    calls = []
+
+    def cost(C, stride, shape, *, kx1, affine):
+        calls.append((C, stride, shape, kx1, affine))
+        out = P.out_grid(shape, stride, kx1)
+        return K.OpCost(C * C, C * C * out[0] * out[1], C * out[0] * out[1], out, (C * out[0] * out[1],))
+
+    temp_primitives(_pointwise("test_pointwise_formula", cost=cost))
+    assert K.primitive_cost("test_pointwise_formula", 4, 2, 9, kx1=True, affine=False) == K.OpCost(
+        16, 80, 20, (5, 1), (20,)
+    )
+    assert calls == [(4, 2, (9, 1), True, False)]
 
 
 def test_primitive_cost_formulas() -> None:
@@ -389,6 +427,30 @@ def test_check_budget() -> None:
         K.check_budget(space, max_sram_bytes=low["sram"], sram_bytes_per_elem=4)
     with pytest.raises(ValueError, match="positive number"):
         K.check_budget(space, max_params=-5)
+
+
+def test_budget_misses_names_each_missed_budget() -> None:
+    space = SpaceConfig(input_shape=(16, 1), **KX1_SPACE)
+    cost = K.genotype_cost(MY_CUSTOM_GENOTYPE, space)
+    fits = {"params": cost.params, "macs": cost.macs, "sram": cost.peak_sram_bytes_int8}
+    assert K.budget_misses(MY_CUSTOM_GENOTYPE, space, fits) == []
+    assert K.budget_misses(MY_CUSTOM_GENOTYPE, space) == []  # a space has no budgets of its own
+    tight = {"params": cost.params // 2, "macs": None, "sram": cost.peak_sram_bytes_int8}
+    assert K.budget_misses(MY_CUSTOM_GENOTYPE, space, tight) == [
+        f"params {cost.params:,} > {cost.params // 2:,} (+{100 * (cost.params / (cost.params // 2) - 1):.1f}%)"
+    ]
+    assert K.budget_misses(MY_CUSTOM_GENOTYPE, space, tight, sram_bytes_per_elem=4)[1].startswith(
+        f"sram {4 * cost.peak_sram_bytes_int8:,} > "
+    )
+    cfg = SearchConfig(space=space, max_macs=cost.macs - 1)  # a search config's own budgets
+    assert [m.split()[0] for m in K.budget_misses(MY_CUSTOM_GENOTYPE, cfg)] == ["macs"]
+
+
+def test_parse_mode() -> None:
+    assert K.parse_mode("Memory+Compute") == ["params", "macs"]
+    assert K.parse_mode(("SRAM", "memory", "params")) == ["sram", "params"]
+    with pytest.raises(ValueError, match="Unknown penalty mode 'flops'"):
+        K.parse_mode("flops")
 
 
 # -------------------------------------------------------------------------------- penalty

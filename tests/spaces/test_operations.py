@@ -190,3 +190,57 @@ def test_user_module_forward_leaves_the_global_rng_alone(with_seed_op):
     rng = torch.get_rng_state()
     apply_supernet(weights, alphas, stats, x, cfg=space, train=True)
     assert torch.equal(rng, torch.get_rng_state()), "apply_supernet advanced torch's global RNG"
+
+
+@pytest.fixture
+def seed_readme_op(seed_ops):
+    """The seed README's custom-op example, verbatim with ``nas`` renamed ``fnas``."""
+    from fnas.genotypes import PRIMITIVES_CNN
+    from fnas.operations import OPS, ConvBNReLU
+
+    PRIMITIVES_CNN.append("conv_bn_relu_1x1")
+    OPS["conv_bn_relu_1x1"] = lambda C, stride, affine: ConvBNReLU(C, C, (1, 1), (stride, 1), (0, 0), affine=affine)
+    yield PRIMITIVES_CNN
+    PRIMITIVES_CNN.remove("conv_bn_relu_1x1")
+
+
+def test_conv_bn_relu_is_the_seeds_block():
+    from fnas.operations import ConvBNReLU
+
+    block = ConvBNReLU(4, 6, (3, 1), (2, 1), (1, 0), affine=False)
+    conv, bn, relu = block.op
+    assert isinstance(conv, nn.Conv2d) and conv.bias is None and conv.stride == (2, 1) and conv.padding == (1, 0)
+    assert isinstance(bn, nn.BatchNorm2d) and not bn.affine and bn.num_features == 6
+    assert isinstance(relu, nn.ReLU)
+    assert block(torch.randn(2, 4, 9, 1)).shape == (2, 6, 5, 1)
+    assert ConvBNReLU(4, 4, (1, 1), (1, 1), (0, 0)).op[1].affine  # affine by default
+
+
+def test_seed_readme_custom_op_searches_and_builds(seed_readme_op):
+    from fnas.model import NetworkCnn as SeedNetworkCnn
+    from fnas.search import init_search, search_step
+    from fnas.search.config import SearchConfig
+
+    space = tiny_space(primitives=tuple(seed_readme_op))  # the seed's PRIMITIVES_CNN + the new op
+    cfg = SearchConfig(space=space, total_steps=2)
+    state = init_search(cfg, make_gen(0))
+    assert _op_leaves(state.weights), "the search network has no weights for the custom op"
+    batch = make_batch(space, n=6)
+    for _ in range(2):
+        state, metrics = search_step(state, batch, batch, cfg=cfg)
+    assert all(torch.isfinite(v).all() for v in tree.leaves(state.alphas))
+    assert all(torch.isfinite(v).all() for v in tree.leaves(_op_leaves(state.weights)))
+    genotype = Genotype_CNN(
+        normal=[("conv_bn_relu_1x1", 0), ("skip_connect", 1)],
+        normal_concat=range(1, 3),
+        reduce=[("conv_bn_relu_1x1", 0), ("max_pool_3x1", 1)],
+        reduce_concat=range(1, 3),
+    )
+    net = SeedNetworkCnn(
+        C=space.C, num_classes=space.num_classes, layers=space.layers, genotype=genotype,
+        in_channels=space.in_channels, with_input_batchnorm=True, nodes_per_layer=space.nodes,
+        multiplier=space.multiplier, stem_multiplier=space.stem_multiplier,
+    )  # fmt: skip
+    assert sum(1 for m in net.modules() if type(m).__name__ == "ConvBNReLU") == space.layers
+    logits = net(batch[0])
+    assert logits.shape == (6, space.num_classes) and torch.isfinite(logits).all()

@@ -266,3 +266,23 @@ def test_partial_channels_betas_fold_into_the_genotype():
 def test_partial_channels_validation(C, K, match):
     with pytest.raises(ValueError, match=match):
         SpaceConfig(C=C, partial_channels=K)
+
+
+@pytest.mark.parametrize("fused", [pytest.param(True, id="fused"), pytest.param(False, id="plain")])
+@pytest.mark.parametrize("make", [pytest.param(tiny_space, id="kx1"), pytest.param(tiny_space_2d, id="2d")])
+def test_sync_reaches_every_batch_norm(monkeypatch, make, fused):
+    """``apply_supernet(..., sync=s)`` hands ``s`` to every BatchNorm (data-parallel BN is explicit)."""
+    primitives = P.SEED_KX1 + P.KX1_EXTRA if make is tiny_space else P.DARTS_2D
+    space = make(primitives=primitives, fused=fused)
+    weights, alphas, stats = init_supernet(space, make_gen(0))
+    seen = []
+    batch_norm = L.batch_norm
+
+    def spy(*args, sync=None, **kwargs):
+        seen.append(sync)
+        return batch_norm(*args, sync=sync, **kwargs)
+
+    monkeypatch.setattr(L, "batch_norm", spy)
+    sync = object()
+    apply_supernet(weights, alphas, stats, make_batch(space)[0], cfg=space, train=True, sync=sync)
+    assert seen and all(s is sync for s in seen), f"{sum(s is not sync for s in seen)} of {len(seen)} BNs lost sync"

@@ -1,13 +1,22 @@
-"""The DARTS cell space's static configuration: ``SpaceConfig``, validated in ``__post_init__``.
+"""The DARTS cell space: ``SpaceConfig``, its static configuration, validated in ``__post_init__``.
 
-Anything that fixes shapes or the graph lives here and is passed inside the keyword ``cfg``.
+Anything that fixes shapes or the graph lives here and is passed inside the keyword ``cfg``. Its
+methods implement :class:`fnas.spaces.base.Space` by delegating to the cell modules' functions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 from fnas.spaces import primitives as P
+from fnas.spaces.cell import genotype as G
+from fnas.spaces.cell.network import NetworkCnn
+from fnas.spaces.cell.supernet import apply_supernet, init_supernet
+from fnas.spaces.cell.topology import concat_range
 
 
 @dataclass(frozen=True)
@@ -93,3 +102,65 @@ class SpaceConfig:
     def edges(self) -> list[tuple[int, int]]:
         """``(i, j)`` for every edge ``state_i -> node_j``, in alpha-row order (j-major)."""
         return [(i, j) for j in range(1, self.nodes + 1) for i in range(j)]
+
+    # --- the Space protocol (fnas.spaces.base.Space): thin delegates -------------------------------
+
+    def init(self, gen: torch.Generator, *, dtype: torch.dtype = torch.float32) -> tuple[dict, dict, dict]:
+        """``(weights, alphas, stats)`` of the supernet: :func:`~fnas.spaces.cell.supernet.init_supernet`."""
+        return init_supernet(self, gen, dtype=dtype)
+
+    def apply(
+        self, weights: dict, alphas: dict, stats: dict, x: Tensor, *, train: bool, sync: Any = None
+    ) -> tuple[Tensor, dict]:
+        """``(logits, new_stats)``: :func:`~fnas.spaces.cell.supernet.apply_supernet`."""
+        return apply_supernet(weights, alphas, stats, x, cfg=self, train=train, sync=sync)
+
+    def derive(self, alphas_or_scores: dict, *, from_scores: bool = False) -> G.Genotype_CNN:
+        """The genotype the alphas pick (:func:`~fnas.spaces.cell.genotype.derive_genotype`), or with
+        ``from_scores=True`` the one per-choice selection scores pick
+        (:func:`~fnas.spaces.cell.genotype.derive_from_scores`)."""
+        if from_scores:
+            return G.derive_from_scores(alphas_or_scores, self)
+        return G.derive_genotype(alphas_or_scores, self)
+
+    def random_genotype(self, gen: torch.Generator) -> G.Genotype_CNN:
+        """A uniform sample of the space: :func:`~fnas.spaces.cell.genotype.random_genotype`."""
+        return G.random_genotype(self, gen)
+
+    def validate(self, genotype: G.Genotype_CNN) -> None:
+        """Raise ``ValueError`` unless ``genotype`` is a member of this space.
+
+        Members have ``nodes`` nodes reading earlier states, ops from ``primitives`` other than
+        ``none``, and concatenate ``concat_range(nodes, multiplier)``.
+        """
+        G.validate_genotype(genotype, nodes=self.nodes, multiplier=self.multiplier)
+        for kind in ("normal", "reduce"):
+            for op, _ in getattr(genotype, kind):
+                if op == "none" or op not in self.primitives:
+                    raise ValueError(
+                        f"genotype.{kind} uses {op!r}, which is not an op of this space; expected one of "
+                        f"{[p for p in self.primitives if p != 'none']}"
+                    )
+            concat = list(getattr(genotype, f"{kind}_concat"))
+            if concat != list(concat_range(self.nodes, self.multiplier)):
+                raise ValueError(
+                    f"genotype.{kind}_concat is {concat}; this space concatenates the last multiplier="
+                    f"{self.multiplier} nodes, {list(concat_range(self.nodes, self.multiplier))}"
+                )
+
+    def network(self, genotype: G.Genotype_CNN, gen: torch.Generator | None = None) -> nn.Module:
+        """The :class:`~fnas.spaces.cell.network.NetworkCnn` of ``genotype`` at this space's sizes."""
+        return NetworkCnn(
+            self.C, self.num_classes, self.layers, genotype, self.in_channels, self.with_input_batchnorm,
+            self.nodes, self.multiplier, self.stem_multiplier, gen=gen, kx1=self.is_1d,
+        )  # fmt: skip
+
+    def genotype_to_dict(self, genotype: G.Genotype_CNN) -> dict:
+        """A JSON-able dict: :func:`~fnas.spaces.cell.genotype.genotype_to_dict`."""
+        return G.genotype_to_dict(genotype)
+
+    def genotype_from_dict(self, data: dict) -> G.Genotype_CNN:
+        """Parse a dict written by :meth:`genotype_to_dict` and check it is a member of this space."""
+        genotype = G.genotype_from_dict(data)
+        self.validate(genotype)
+        return genotype

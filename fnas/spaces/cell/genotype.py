@@ -10,13 +10,30 @@ import json
 import os
 from collections import namedtuple
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from fnas.core.io import atomic_write_json
 from fnas.spaces import primitives as P
+from fnas.spaces.cell.topology import concat_range, edge_weights, node_rows, space_of
 
-__all__ = ["Genotype_CNN", "MY_CUSTOM_GENOTYPE", "PRIMITIVES_CNN", "derive_genotype", "genotype_from_dict", "genotype_to_dict", "load_genotype", "random_genotype", "save_genotype", "validate_genotype"]
+__all__ = [
+    "Genotype_CNN",
+    "MY_CUSTOM_GENOTYPE",
+    "PRIMITIVES_CNN",
+    "concat_range",
+    "derive_from_scores",
+    "derive_genotype",
+    "genotype_from_dict",
+    "genotype_to_dict",
+    "load_genotype",
+    "pick_mask",
+    "pick_nodes",
+    "random_genotype",
+    "save_genotype",
+    "validate_genotype",
+]
 
 
 Genotype_CNN = namedtuple("Genotype_CNN", "normal normal_concat reduce reduce_concat")
@@ -33,59 +50,105 @@ MY_CUSTOM_GENOTYPE = Genotype_CNN(
 )
 
 
+def pick_mask(strengths: torch.Tensor, none: torch.Tensor, nodes: int) -> torch.Tensor:
+    """The genotype's picks as a one-hot ``(num_edges, K)`` mask: per node, its strongest pair.
+
+    Node ``j`` keeps the (edge ``i -> j``, op ``k``) with the largest strength over its incoming
+    edges, ``none`` excluded; ties go to the lower input index, then to the earlier primitive (the
+    first maximum of the node's row-major block). Tensor ops only, so compiled code can call it.
+
+    Args:
+        strengths: ``(num_edges, K)`` in alpha-row order: softmax probabilities, or selection scores.
+        none: ``(K,)`` bool, True for the ``none`` primitive.
+        nodes: nodes per cell.
+    """
+    masked = strengths.masked_fill(none.to(strengths.device), float("-inf"))
+    blocks = []
+    for j in range(1, nodes + 1):
+        block = masked[node_rows(j)].reshape(-1)  # (j * K,)
+        blocks.append(torch.nn.functional.one_hot(block.argmax(), block.numel()).reshape(j, -1))
+    return torch.cat(blocks)
+
+
+def pick_nodes(strengths: torch.Tensor, primitives: Sequence[str], nodes: int) -> list[tuple[str, int]]:
+    """One cell of a genotype: per node, ``(op_name, input_idx)`` of :func:`pick_mask`.
+
+    Raises:
+        ValueError: the only primitive is ``none``.
+    """
+    if all(name == "none" for name in primitives):
+        raise ValueError("Cannot derive a genotype from a space whose only primitive is 'none'")
+    none = torch.tensor([name == "none" for name in primitives])
+    mask = pick_mask(strengths, none, nodes)
+    cell = []
+    for j in range(1, nodes + 1):
+        i, k = divmod(int(mask[node_rows(j)].reshape(-1).argmax()), len(primitives))
+        cell.append((primitives[k], i))
+    return cell
+
+
+def _check_strengths(strengths: dict, space: Any, what: str) -> None:
+    expected = (space.num_edges, len(space.primitives))
+    for kind in ("normal", "reduce"):
+        got = tuple(strengths[kind].shape) if kind in strengths else "missing"
+        if got != expected:
+            raise ValueError(f"{what}[{kind!r}] must have shape {expected} for this space, got {got}")
+
+
+def _genotype(strengths: dict, space: Any) -> Genotype_CNN:
+    cells = {kind: pick_nodes(strengths[kind], space.primitives, space.nodes) for kind in ("normal", "reduce")}
+    concat = concat_range(space.nodes, space.multiplier)
+    return Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
+
+
 def derive_genotype(
-    alphas: dict[str, torch.Tensor], cfg, *, betas: dict[str, torch.Tensor] | None = None
+    alphas: dict[str, torch.Tensor], cfg: Any, *, betas: dict[str, torch.Tensor] | None = None
 ) -> Genotype_CNN:
     """The discrete cell of each type: per node, the strongest non-``none`` op over its edges.
 
-    Pure: reads ``alphas`` only. Ties go to the lower input index, then to the earlier primitive.
+    Pure: reads ``alphas`` only. Strength is the float64 softmax over each edge's ops
+    (:func:`pick_mask` has the tie rule).
 
     Args:
         alphas: ``{"normal", "reduce"}``, each ``(num_edges, len(primitives))``.
-        cfg: a SpaceConfig or SearchConfig.
+        cfg: a SpaceConfig, or a config holding one as ``.space`` (a SearchConfig).
         betas: optional PC-DARTS edge weights ``{"normal", "reduce"}`` of shape ``(num_edges,)``;
             each edge's op strengths are scaled by its edge weight (softmax over a node's edges).
 
     Returns:
-        A :class:`Genotype_CNN` with ``*_concat = range(n - multiplier + 1, n + 1)``.
+        A :class:`Genotype_CNN` with ``*_concat = concat_range(n, multiplier)``.
 
     Raises:
         ValueError: alphas of the wrong shape, or a space whose only primitive is ``none``.
     """
-    from fnas.spaces.cell.supernet import edge_weights, space_of
-
     space = space_of(cfg)
     if betas is None and "edge_normal" in alphas:  # PC-DARTS: fold the edge weights in
         betas = {"normal": alphas["edge_normal"], "reduce": alphas["edge_reduce"]}
-    expected = (space.num_edges, len(space.primitives))
-    cells = {}
+    _check_strengths(alphas, space, "alphas")
+    probs = {}
     for kind in ("normal", "reduce"):
-        if kind not in alphas or tuple(alphas[kind].shape) != expected:
-            got = tuple(alphas[kind].shape) if kind in alphas else "missing"
-            raise ValueError(f"alphas[{kind!r}] must have shape {expected} for this space, got {got}")
-        probs = torch.softmax(alphas[kind].detach().double(), dim=-1)
+        probs[kind] = torch.softmax(alphas[kind].detach().double(), dim=-1)
         if betas is not None:
-            probs = probs * edge_weights(betas[kind].detach().double(), space.nodes)[:, None]
-        cells[kind] = _cell(probs, space.primitives, space.nodes)
-    concat = range(space.nodes - space.multiplier + 1, space.nodes + 1)
-    return Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
+            probs[kind] = probs[kind] * edge_weights(betas[kind].detach().double(), space.nodes)[:, None]
+    return _genotype(probs, space)
 
 
-def _cell(probs: torch.Tensor, primitives: Sequence[str], nodes: int) -> list[tuple[str, int]]:
-    candidates = [k for k, name in enumerate(primitives) if name != "none"]
-    if not candidates:
-        raise ValueError("Cannot derive a genotype from a space whose only primitive is 'none'")
-    cell, row = [], 0
-    for j in range(1, nodes + 1):
-        block = probs[row : row + j][:, candidates]  # (j incoming edges, non-none ops)
-        flat = int(torch.argmax(block.reshape(-1)))  # first maximum: lowest input, earliest op
-        i, k = divmod(flat, len(candidates))
-        cell.append((primitives[candidates[k]], i))
-        row += j
-    return cell
+def derive_from_scores(scores: dict[str, torch.Tensor], cfg: Any) -> Genotype_CNN:
+    """Per node, the (edge, op) pair with the largest score, e.g. perturbation-based selection's.
+
+    Args:
+        scores: ``{"normal", "reduce"}``, each ``(num_edges, len(primitives))``; ``none`` is never kept.
+        cfg: a SpaceConfig, or a config holding one as ``.space``.
+
+    Raises:
+        ValueError: scores of the wrong shape.
+    """
+    space = space_of(cfg)
+    _check_strengths(scores, space, "scores")
+    return _genotype({kind: scores[kind].detach() for kind in ("normal", "reduce")}, space)
 
 
-def random_genotype(cfg, gen: torch.Generator) -> Genotype_CNN:
+def random_genotype(cfg: Any, gen: torch.Generator) -> Genotype_CNN:
     """A genotype drawn uniformly from the space: the random-search baseline's sampler.
 
     Each node of each cell type independently draws its input uniformly from the states before
@@ -96,11 +159,9 @@ def random_genotype(cfg, gen: torch.Generator) -> Genotype_CNN:
     Neural Architecture Search, UAI 2019).
 
     Args:
-        cfg: a SpaceConfig or SearchConfig.
+        cfg: a SpaceConfig, or a config holding one as ``.space``.
         gen: the only source of randomness (the same seed gives the same genotype).
     """
-    from fnas.spaces.cell.supernet import space_of
-
     space = space_of(cfg)
     ops = [name for name in space.primitives if name != "none"]  # SpaceConfig guarantees one
     cells = {}
@@ -111,7 +172,7 @@ def random_genotype(cfg, gen: torch.Generator) -> Genotype_CNN:
             k = int(torch.randint(len(ops), (), generator=gen))
             cell.append((ops[k], i))
         cells[kind] = cell
-    concat = range(space.nodes - space.multiplier + 1, space.nodes + 1)
+    concat = concat_range(space.nodes, space.multiplier)
     return Genotype_CNN(cells["normal"], concat, cells["reduce"], concat)
 
 
@@ -200,11 +261,8 @@ def _as_range(nodes: list[int]) -> range | list[int]:
 
 
 def save_genotype(genotype: Genotype_CNN, path: str | os.PathLike) -> None:
-    """Write ``genotype`` as JSON (atomically: temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(genotype_to_dict(genotype), indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``genotype`` as JSON (atomically: a crash leaves the old file or the new one)."""
+    atomic_write_json(path, genotype_to_dict(genotype))
 
 
 def load_genotype(path: str | os.PathLike) -> Genotype_CNN:

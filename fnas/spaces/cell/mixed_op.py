@@ -7,10 +7,13 @@ scale as the BN'd conv outputs).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fnas.core import layers as L
-from fnas.spaces import primitives as P
+from fnas.spaces.primitives import get
+from fnas.spaces.primitives.fused import ntec
 
 Tensor = torch.Tensor
 
@@ -21,7 +24,7 @@ def init_mixed_op(
     """Params and stats of every primitive of one edge, keyed by primitive name."""
     params, stats = {}, {}
     for name in primitives:
-        prim = P.get(name)
+        prim = get(name)
         p, s = prim.init(gen, C, stride, affine=False, dtype=dtype)
         if prim.family == "pool" and pool_bn:
             p, s = {}, {"bn": L.init_bn(C, affine=False, dtype=dtype)[1]}
@@ -39,11 +42,13 @@ def apply_mixed_op(
     stride: int,
     train: bool,
     pool_bn: bool,
+    sync: Any = None,
 ) -> tuple[Tensor | None, dict]:
     """``sum_k weights[k] * op_k(x)``; returns ``(y, new_stats)``.
 
     Args:
         weights: (len(primitives),) mixing weights, usually ``softmax(alpha_edge)``.
+        sync: data-parallel BatchNorm (:mod:`fnas.core.collectives`) or None.
 
     Returns:
         ``y`` is None when every primitive is ``none`` (the edge contributes nothing).
@@ -51,13 +56,13 @@ def apply_mixed_op(
     out = None
     new_stats = {}
     for k, name in enumerate(primitives):
-        prim = P.get(name)
+        prim = get(name)
         if prim.family == "none":
             new_stats[name] = stats[name]
             continue
-        y, s = prim.apply(params[name], stats[name], x, stride=stride, train=train)
+        y, s = prim.run(params[name], stats[name], x, stride=stride, train=train, sync=sync)
         if prim.family == "pool" and pool_bn:
-            y, bn = L.apply_bn({}, stats[name]["bn"], y, train=train)
+            y, bn = L.apply_bn({}, stats[name]["bn"], y, train=train, sync=sync)
             s = {"bn": bn}
         new_stats[name] = s
         term = weights[k] * y
@@ -66,20 +71,6 @@ def apply_mixed_op(
 
 
 # --- fused: every edge leaving one state in a few kernel calls ----------------------------------
-
-
-def _cat_stats(stats: list[dict]) -> tuple[Tensor, Tensor]:
-    return torch.cat([s["running_mean"] for s in stats]), torch.cat([s["running_var"] for s in stats])
-
-
-def _split_stats(mean: Tensor, var: Tensor, n: int) -> list[dict]:
-    return [{"running_mean": m, "running_var": v} for m, v in zip(mean.chunk(n), var.chunk(n))]
-
-
-def _ntec(y: Tensor, edges: int) -> Tensor:
-    """(N, E*C, T, 1) channels_last -> its (N, T, E, C) view (no copy)."""
-    n, ec, t, w = y.shape
-    return y.permute(0, 2, 3, 1).reshape(n, t * w, edges, ec // edges)
 
 
 def apply_edges_fused(
@@ -92,23 +83,25 @@ def apply_edges_fused(
     stride: int,
     train: bool,
     pool_bn: bool,
+    sync: Any = None,
 ) -> tuple[list[Tensor], list[dict]]:
     """All mixed ops on the ``E`` edges that read the same state ``x``, batched by primitive.
 
     Equal to ``[apply_mixed_op(params[e], stats[e], x, weights[e], ...) for e in range(E)]`` (tested
-    in float64), but each conv primitive runs once with the ``E`` edges' kernels stacked along the
-    output channels, their BatchNorms run as one, the parameter-free ops (pools and their
-    affine-free BN, identity) run once and are shared by every edge, and the per-edge mixing is a
-    broadcast multiply-add in a ``(N, T, E, C)`` view of the channels_last output.
+    in float64). A primitive with a ``fused`` hook runs on all edges at once (convs with the ``E``
+    edges' kernels stacked along the outputs, parameter-free ops once, shared); the per-edge mixing
+    is a broadcast multiply-add in a ``(N, T, E, C)`` view of the channels_last output. Others run
+    once per edge.
 
-    The pool BatchNorm is computed once with the first edge's running statistics and its new
-    statistics are copied to every edge: the edges' statistics are identical by construction (same
-    init, same inputs), so this changes nothing but the cost.
+    Pools followed by DARTS' affine-free BatchNorm run once: the BatchNorm uses the first edge's
+    running statistics and its new statistics are copied to every edge. The edges' statistics are
+    identical by construction (same init, same inputs), so this changes nothing but the cost.
 
     Args:
         params, stats: per edge, the dicts :func:`init_mixed_op` built.
         x: the shared input, (N, C, T, 1) or (N, C, H, W), channels_last.
         weights: (E, len(primitives)) mixing weights.
+        sync: data-parallel BatchNorm (:mod:`fnas.core.collectives`) or None.
 
     Returns:
         ``(outputs, new_stats)``, one entry per edge.
@@ -118,53 +111,35 @@ def apply_edges_fused(
     grid = L.subsample(x, stride).shape[2:]  # (T', W') of every output
     new_stats = [dict(s) for s in stats]
     acc = None  # (N, T', E, C) view of the mixed outputs
-    extra: list[Tensor | None] = [None] * E  # generic primitives, added per edge
+    extra: list[Tensor | None] = [None] * E  # primitives without a fused hook, added per edge
 
     def add(term: Tensor) -> None:
         nonlocal acc
         acc = term if acc is None else acc + term
 
     for k, name in enumerate(primitives):
-        prim = P.get(name)
+        prim = get(name)
         w_k = weights[:, k]  # (E,)
         if prim.family == "none":
             continue
-        if prim.fuse == "conv_bn_relu":
-            kernel = torch.cat([params[e][name]["conv"]["weight"] for e in range(E)])  # (E*C, C, k, 1)
-            y = L.apply_conv({"weight": kernel}, x, stride=stride)
-            mean, var = _cat_stats([stats[e][name]["bn"] for e in range(E)])
-            # w * relu(bn(y)) = relu(bn_w(y)) for w > 0 (softmax weights are): the mixing weight
-            # rides in the BatchNorm's affine scale instead of costing a pass of its own.
-            scale = w_k.repeat_interleave(C)
-            y, mean, var = L.batch_norm(y, mean, var, scale, None, train=train)
-            for e, s in enumerate(_split_stats(mean, var, E)):
-                new_stats[e][name] = {"bn": s}
-            add(_ntec(torch.relu(y), E))
-        elif prim.family == "pool":
-            y, _ = prim.apply({}, {}, x, stride=stride, train=train)
-            if pool_bn:
-                y, bn = L.apply_bn({}, stats[0][name]["bn"], y, train=train)
-                for e in range(E):  # copies, not aliases: aliased inputs make a compiled step recompile
-                    new_stats[e][name] = {"bn": bn if e == 0 else {k: v.clone() for k, v in bn.items()}}
-            add(_ntec(y, 1) * w_k[None, None, :, None])
-        elif prim.family == "skip" and stride == 1:
-            add(_ntec(x, 1) * w_k[None, None, :, None])
-        elif prim.family == "skip":  # factorized reduce, per edge kernels stacked
-            r = torch.relu(x)
-            w1 = torch.cat([params[e][name]["conv1"]["weight"] for e in range(E)])  # (E*C/2, C, 1, 1)
-            w2 = torch.cat([params[e][name]["conv2"]["weight"] for e in range(E)])
-            y1 = _ntec(L.apply_conv({"weight": w1}, r, stride=stride), E)
-            y2 = _ntec(L.apply_conv({"weight": w2}, P.shifted_grid(r), stride=stride), E)
-            y = torch.cat([y1, y2], dim=-1)  # (N, T', E, C): per edge [conv1 | conv2]
-            y4 = y.reshape(N, *grid, E * C).permute(0, 3, 1, 2)  # channels_last (N, E*C, T', W')
-            mean, var = _cat_stats([stats[e][name]["bn"] for e in range(E)])
-            y4, mean, var = L.batch_norm(y4, mean, var, None, None, train=train)
-            for e, s in enumerate(_split_stats(mean, var, E)):
-                new_stats[e][name] = {"bn": s}
-            add(_ntec(y4, E) * w_k[None, None, :, None])
-        else:  # generic primitive: one call per edge
+        if prim.family == "pool" and pool_bn:
+            y, _ = prim.run({}, {}, x, stride=stride, train=train, sync=sync)
+            y, bn = L.apply_bn({}, stats[0][name]["bn"], y, train=train, sync=sync)
+            for e in range(E):  # copies, not aliases: aliased inputs make a compiled step recompile
+                new_stats[e][name] = {"bn": bn if e == 0 else {k: v.clone() for k, v in bn.items()}}
+            add(ntec(y, 1) * w_k[None, None, :, None])
+        elif prim.fused is not None:
+            term, edge_stats = prim.fused(
+                [p[name] for p in params], [s[name] for s in stats], x, w_k, stride=stride, train=train, sync=sync
+            )
+            for e, s in enumerate(edge_stats):
+                new_stats[e][name] = s
+            add(term)
+        else:
             for e in range(E):
-                y, new_stats[e][name] = prim.apply(params[e][name], stats[e][name], x, stride=stride, train=train)
+                y, new_stats[e][name] = prim.run(
+                    params[e][name], stats[e][name], x, stride=stride, train=train, sync=sync
+                )
                 term = w_k[e] * y
                 extra[e] = term if extra[e] is None else extra[e] + term
 

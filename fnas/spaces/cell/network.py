@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from fnas.core import layers as L
-from fnas.spaces.primitives import modules as O
-from fnas.spaces import primitives as P
 from fnas.core import tree
+from fnas.spaces import primitives as P
 from fnas.spaces.cell.genotype import Genotype_CNN, validate_genotype
-from fnas.spaces.cell.supernet import apply_preprocess, apply_stem, edge_key
+from fnas.spaces.cell.supernet import apply_preprocess, apply_stem
+from fnas.spaces.cell.topology import edge_key
+from fnas.spaces.primitives.modules import OPS, FunctionalOp, ParamTree, is_builtin, split_tree
 
 Tensor = torch.Tensor
 
@@ -42,18 +43,18 @@ class _Cell(nn.Module):
         super().__init__()
         pre_p, pre_s = L.init_bn(c, affine=True)
         pre_p = {"conv": L.init_conv(gen, c_in, c, (1, 1)), "bn": pre_p}
-        self.pre = O._Tree(pre_p, {"bn": pre_s})
+        self.pre = ParamTree(pre_p, {"bn": pre_s})
         self.links = [(op, idx, 2 if reduction and idx == 0 else 1) for op, idx in genotype_cell]
         self.concat = list(concat)
         self.ops = nn.ModuleDict()
         for j, (op, idx, stride) in enumerate(self.links, start=1):
-            if O.is_builtin(op):
-                self.ops[f"n{j}"] = O.FunctionalOp(op, c, stride, True, gen=gen)
+            if is_builtin(op):
+                self.ops[f"n{j}"] = FunctionalOp(op, c, stride, True, gen=gen)
             else:
-                self.ops[f"n{j}"] = O.OPS[op](c, stride, True)
+                self.ops[f"n{j}"] = OPS[op](c, stride, True)
 
     def forward(self, x: Tensor) -> Tensor:
-        params, stats = O._split(self.pre)
+        params, stats = split_tree(self.pre)
         s0, new = apply_preprocess(params, stats, x, train=self.training)
         if self.training:
             _write_back(stats, new)
@@ -118,10 +119,10 @@ class NetworkCnn(nn.Module):
         self.kx1 = (inferred != "2d") if kx1 is None else bool(kx1)
         k3 = L.kernel_shape(3, self.kx1)
         if with_input_batchnorm:
-            self.input_bn = O._Tree(*L.init_bn(in_channels, affine=True))
+            self.input_bn = ParamTree(*L.init_bn(in_channels, affine=True))
         c_stem = stem_multiplier * C
         bn_p, bn_s = L.init_bn(c_stem, affine=True)
-        self.stem = O._Tree({"conv": L.init_conv(gen, in_channels, c_stem, k3), "bn": bn_p}, {"bn": bn_s})
+        self.stem = ParamTree({"conv": L.init_conv(gen, in_channels, c_stem, k3), "bn": bn_p}, {"bn": bn_s})
         reductions = {layers // 3, 2 * layers // 3}
         self.cells = nn.ModuleList()
         c_prev, c = c_stem, C
@@ -133,14 +134,14 @@ class NetworkCnn(nn.Module):
             concat = genotype.reduce_concat if reduction else genotype.normal_concat
             self.cells.append(_Cell(cell, concat, c_prev, c, reduction, gen=gen))
             c_prev = len(list(concat)) * c
-        self.head = O._Tree(L.init_linear(gen, c_prev, num_classes), {})
+        self.head = ParamTree(L.init_linear(gen, c_prev, num_classes), {})
         self.reductions = sorted(reductions)
 
     def _stem_trees(self) -> tuple[dict, dict]:
-        params, stats = O._split(self.stem)
+        params, stats = split_tree(self.stem)
         params, stats = {"stem": params}, {"stem": stats}
         if self.with_input_batchnorm:
-            params["input_bn"], stats["input_bn"] = O._split(self.input_bn)
+            params["input_bn"], stats["input_bn"] = split_tree(self.input_bn)
         return params, stats
 
     def forward(self, x: Tensor) -> Tensor:
@@ -159,7 +160,7 @@ class NetworkCnn(nn.Module):
             _write_back(stats, new)
         for cell in self.cells:
             h = cell(h)
-        return L.apply_linear(O._split(self.head)[0], L.global_avg_pool(h))
+        return L.apply_linear(split_tree(self.head)[0], L.global_avg_pool(h))
 
     @torch.no_grad()
     def load_supernet(self, weights: dict, stats: dict) -> None:
@@ -189,7 +190,7 @@ class NetworkCnn(nn.Module):
         copy(own_stats, {k: stats[k] for k in own_stats}, "stem")
         for layer, cell in enumerate(self.cells):
             cw, cs = weights["cells"][f"c{layer}"], stats["cells"][f"c{layer}"]
-            p, s = O._split(cell.pre)
+            p, s = split_tree(cell.pre)
             copy(p, cw["pre"], "pre")
             copy(s, cs["pre"], "pre")
             for j, (op, idx, _) in enumerate(cell.links, start=1):
@@ -201,10 +202,10 @@ class NetworkCnn(nn.Module):
                         "weights from a supernet whose space contains the genotype's ops"
                     )
                 src_p, src_s = cw["edges"][edge][op], cs["edges"][edge][op]
-                if isinstance(module, O.FunctionalOp):
-                    p, s = O._split(module.tree)
+                if isinstance(module, FunctionalOp):
+                    p, s = split_tree(module.tree)
                 else:
                     p, s = dict(module.named_parameters()), dict(module.named_buffers())
                 copy(p, src_p, f"cells.{layer}.{op}")
                 copy(s, src_s, f"cells.{layer}.{op}")
-        copy(O._split(self.head)[0], weights["head"], "head")
+        copy(split_tree(self.head)[0], weights["head"], "head")

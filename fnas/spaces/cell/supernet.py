@@ -12,50 +12,48 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops import rearrange
 
 from fnas.core import layers as L
-from fnas.search.config import SearchConfig
-from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
+from fnas.spaces.cell.topology import (
+    CellSpace,
+    cell_plan,
+    concat_range,
+    edge_key,
+    edge_row,
+    edge_weights,
+    space_of,
+)
 
 Tensor = torch.Tensor
 
-
-def space_of(cfg: SpaceConfig | SearchConfig) -> SpaceConfig:
-    """The :class:`SpaceConfig` of ``cfg`` (a space or a search config)."""
-    if isinstance(cfg, SearchConfig):
-        return cfg.space
-    if isinstance(cfg, SpaceConfig):
-        return cfg
-    raise ValueError(f"cfg must be a SpaceConfig or SearchConfig, got {type(cfg).__name__}")
-
-
-def cell_plan(cfg: SpaceConfig) -> list[tuple[bool, int, int]]:
-    """``(reduction, C_in, C)`` per cell: its input channels and its node width."""
-    plan = []
-    c_prev, c = cfg.stem_multiplier * cfg.C, cfg.C
-    for layer in range(cfg.layers):
-        reduction = layer in cfg.reduction_layers
-        if reduction:
-            c *= 2
-        plan.append((reduction, c_prev, c))
-        c_prev = cfg.multiplier * c
-    return plan
+__all__ = [
+    "apply_cell_fused",
+    "apply_cell_plain",
+    "apply_preprocess",
+    "apply_stem",
+    "apply_supernet",
+    "cell_plan",
+    "edge_key",
+    "edge_row",
+    "edge_weights",
+    "init_supernet",
+    "partial_merge",
+    "partial_split",
+    "space_of",
+]
 
 
-def edge_key(i: int, j: int) -> str:
-    """Pytree key of the edge ``state_i -> node_j``."""
-    return f"e{i}_{j}"
-
-
-def _k(cfg: SpaceConfig, k: int) -> tuple[int, int]:
+def _k(cfg: CellSpace, k: int) -> tuple[int, int]:
     return L.kernel_shape(k, cfg.is_1d)
 
 
 def init_supernet(
-    cfg: SpaceConfig | SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
+    cfg: CellSpace | Any, gen: torch.Generator, *, dtype: torch.dtype = torch.float32
 ) -> tuple[dict, dict, dict]:
     """Initialise ``(weights, alphas, stats)`` of the search network.
 
@@ -101,26 +99,33 @@ def init_supernet(
     return weights, alphas, stats
 
 
-def apply_stem(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+def apply_stem(weights: dict, stats: dict, x: Tensor, *, train: bool, sync: Any = None) -> tuple[Tensor, dict]:
     """Input BN (when the weights have one: ``with_input_batchnorm``) and stem. Shared with NetworkCnn."""
     new: dict = {}
     if "input_bn" in weights:
-        x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train)
+        x, new["input_bn"] = L.apply_bn(weights["input_bn"], stats["input_bn"], x, train=train, sync=sync)
     x = L.apply_conv(weights["stem"]["conv"], x)
-    x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train)
+    x, bn = L.apply_bn(weights["stem"]["bn"], stats["stem"]["bn"], x, train=train, sync=sync)
     new["stem"] = {"bn": bn}
     return x, new
 
 
-def apply_preprocess(weights: dict, stats: dict, x: Tensor, *, train: bool) -> tuple[Tensor, dict]:
+def apply_preprocess(weights: dict, stats: dict, x: Tensor, *, train: bool, sync: Any = None) -> tuple[Tensor, dict]:
     """ReLU -> 1x1 conv -> BN: a cell's input becomes its state_0."""
     x = L.apply_conv(weights["conv"], torch.relu(x))
-    x, bn = L.apply_bn(weights["bn"], stats["bn"], x, train=train)
+    x, bn = L.apply_bn(weights["bn"], stats["bn"], x, train=train, sync=sync)
     return x, {"bn": bn}
 
 
 def apply_supernet(
-    weights: dict, alphas: dict, stats: dict, x: Tensor, *, cfg: SpaceConfig | SearchConfig, train: bool
+    weights: dict,
+    alphas: dict,
+    stats: dict,
+    x: Tensor,
+    *,
+    cfg: CellSpace | Any,
+    train: bool,
+    sync: Any = None,
 ) -> tuple[Tensor, dict]:
     """Logits of the search network; a pure function.
 
@@ -129,12 +134,13 @@ def apply_supernet(
         x: (N, in_channels, T, 1) or (N, in_channels, H, W).
         cfg: the space.
         train: BatchNorm uses batch statistics and returns updated running statistics.
+        sync: data-parallel BatchNorm (a :mod:`fnas.core.collectives` sync object) or None.
 
     Returns:
         ``(logits (N, num_classes), new_stats)``; ``stats`` itself is never modified.
     """
     cfg = space_of(cfg)
-    h, new_stats = apply_stem(weights, stats, L.to_layout(x), train=train)
+    h, new_stats = apply_stem(weights, stats, L.to_layout(x), train=train, sync=sync)
     mix = {kind: torch.softmax(alphas[kind], dim=-1) for kind in ("normal", "reduce")}
     edge_mix = {kind: edge_weights(alphas[f"edge_{kind}"], cfg.nodes) for kind in ("normal", "reduce")} if (
         cfg.partial_channels > 1) else {"normal": None, "reduce": None}
@@ -142,20 +148,20 @@ def apply_supernet(
     for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
         name = f"c{layer}"
         cw, cs = weights["cells"][name], stats["cells"][name]
-        s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train)
+        s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train, sync=sync)
         kind = "reduce" if reduction else "normal"
         cell = apply_cell_fused if cfg.fused else apply_cell_plain
         states, edge_stats = cell(cw["edges"], cs["edges"], s0, mix[kind], cfg=cfg, reduction=reduction, train=train,
-                                  edge_w=edge_mix[kind])
-        h = torch.cat(states[cfg.nodes - cfg.multiplier + 1 :], dim=1)
+                                  edge_w=edge_mix[kind], sync=sync)
+        h = torch.cat([states[k] for k in concat_range(cfg.nodes, cfg.multiplier)], dim=1)
         new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
     logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
     return logits, new_stats
 
 
 def apply_cell_plain(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
-    edge_w: Tensor | None = None,
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: CellSpace, reduction: bool, train: bool,
+    edge_w: Tensor | None = None, sync: Any = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes edge by edge, primitive by primitive: the reference implementation.
 
@@ -179,6 +185,7 @@ def apply_cell_plain(
                 stride=stride,
                 train=train,
                 pool_bn=cfg.pool_bn,
+                sync=sync,
             )
             y = partial_merge(y, xa, xb, stride, None if edge_w is None else edge_w[edge_row(i, j)])
             if y is not None:
@@ -188,8 +195,8 @@ def apply_cell_plain(
 
 
 def apply_cell_fused(
-    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: SpaceConfig, reduction: bool, train: bool,
-    edge_w: Tensor | None = None,
+    params: dict, stats: dict, s0: Tensor, w: Tensor, *, cfg: CellSpace, reduction: bool, train: bool,
+    edge_w: Tensor | None = None, sync: Any = None,
 ) -> tuple[list[Tensor], dict]:
     """A cell's nodes source by source: when state ``i`` is known, every edge leaving it runs at once
     (:func:`fnas.spaces.cell.mixed_op.apply_edges_fused`) and adds into the partial sums of nodes ``i+1..n``.
@@ -213,6 +220,7 @@ def apply_cell_fused(
             stride=stride,
             train=train,
             pool_bn=cfg.pool_bn,
+            sync=sync,
         )
         for j, key, out, st in zip(targets, keys, outs, edge_stats):
             new[key] = st
@@ -250,16 +258,6 @@ def partial_merge(y: Tensor | None, xa: Tensor, xb: Tensor | None, stride: int, 
     K = (y.shape[1] + xb.shape[1]) // y.shape[1]
     out = rearrange(torch.cat([y, xb], dim=1), "n (g c) h w -> n (c g) h w", g=K)
     return out * edge_w
-
-
-def edge_weights(betas: Tensor, nodes: int) -> Tensor:
-    """Softmax of the PC-DARTS edge betas over each node's incoming edges, in edge-row order."""
-    return torch.cat([torch.softmax(betas[j * (j - 1) // 2 : j * (j + 1) // 2], dim=0) for j in range(1, nodes + 1)])
-
-
-def edge_row(i: int, j: int) -> int:
-    """Row of edge ``state_i -> node_j`` in an alpha table (edges of node j start at j(j-1)/2)."""
-    return j * (j - 1) // 2 + i
 
 
 def _zero_node(node: Tensor | None, s0: Tensor, reduction: bool) -> Tensor:

@@ -1,10 +1,10 @@
 """The seed's ``OPS``: ``name -> lambda C, stride, affine: nn.Module``, and its bridge to the pure core.
 
-Every built-in primitive has an ``OPS`` entry (an :class:`FunctionalOp` wrapping the pure
-functions). A user may add an entry the seed's way; the search network then runs that module
-through ``torch.func.functional_call`` with its parameters taken from the weights pytree, and
-:class:`fnas.spaces.cell.network.NetworkCnn` instantiates it directly. Every op sees the seed's layout,
-``(N, C, T, 1)`` in kx1 spaces (stored channels_last).
+Every built-in primitive has an ``OPS`` entry (a :class:`FunctionalOp` wrapping the pure
+functions). A user may add an entry the seed's way, e.g. with :class:`ConvBNReLU`; the search
+network then runs that module through ``torch.func.functional_call`` with its parameters taken
+from the weights pytree, and :class:`fnas.spaces.cell.network.NetworkCnn` instantiates it
+directly. Every op sees the seed's layout, ``(N, C, T, 1)`` in kx1 spaces (stored channels_last).
 """
 
 from __future__ import annotations
@@ -14,31 +14,62 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fnas.spaces import primitives as P
 from fnas.core import tree
+import fnas.spaces.primitives.builtin  # noqa: F401 - registers the built-ins that OPS lists below
+from fnas.spaces.primitives.registry import Primitive, registered, registered_names
 
-__all__ = ["FunctionalOp", "OPS", "adapted", "is_builtin", "primitive_from_module"]
-
+__all__ = [
+    "ConvBNReLU",
+    "FunctionalOp",
+    "OPS",
+    "ParamTree",
+    "adapted",
+    "is_builtin",
+    "primitive_from_module",
+    "split_tree",
+]
 
 Tensor = torch.Tensor
+Factory = Callable[[int, int, bool], nn.Module]
 
 
-class _Tree(nn.Module):
-    """A module whose parameters/buffers mirror a nested dict, so ``state_dict`` keys are dotted paths."""
+class ConvBNReLU(nn.Module):
+    """The seed's conv -> BatchNorm -> ReLU block (``Conv2d`` without bias), for ``OPS`` entries.
+
+    Example (the seed README's custom op)::
+
+        OPS['conv_bn_relu_1x1'] = lambda C, stride, affine: ConvBNReLU(
+            C, C, (1, 1), (stride, 1), (0, 0), affine=affine)
+    """
+
+    def __init__(self, C_in: int, C_out: int, kernel_size, stride, padding, affine: bool = True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+            nn.ReLU(inplace=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class ParamTree(nn.Module):
+    """A module whose parameters/buffers mirror nested ``(params, stats)`` dicts (dotted ``state_dict`` keys)."""
 
     def __init__(self, params: dict, stats: dict):
         super().__init__()
         for key in sorted(set(params) | set(stats)):
             if isinstance(params.get(key), dict) or isinstance(stats.get(key), dict):
-                self.add_module(key, _Tree(params.get(key, {}), stats.get(key, {})))
+                self.add_module(key, ParamTree(params.get(key, {}), stats.get(key, {})))
             elif key in params:
                 self.register_parameter(key, nn.Parameter(params[key]))
             else:
                 self.register_buffer(key, stats[key])
 
 
-def _split(module: nn.Module) -> tuple[dict, dict]:
-    """Nested (params, stats) dicts of a :class:`_Tree`."""
+def split_tree(module: nn.Module) -> tuple[dict, dict]:
+    """Nested ``(params, stats)`` dicts of a :class:`ParamTree` (the module's own tensors, not copies)."""
     params: dict = {}
     stats: dict = {}
     for key, p in module.named_parameters(recurse=False):
@@ -46,8 +77,7 @@ def _split(module: nn.Module) -> tuple[dict, dict]:
     for key, b in module.named_buffers(recurse=False):
         stats[key] = b
     for key, child in module.named_children():
-        cp, cs = _split(child)
-        params[key], stats[key] = cp, cs
+        params[key], stats[key] = split_tree(child)
     return params, stats
 
 
@@ -55,22 +85,27 @@ class FunctionalOp(nn.Module):
     """An ``nn.Module`` face for a registered pure primitive (used by NetworkCnn and ``OPS``).
 
     Takes ``(N, C, T, 1)`` (kx1) or ``(N, C, H, W)`` tensors.
+
+    Raises:
+        ValueError: ``name`` is not a registered primitive.
     """
 
     def __init__(self, name: str, C: int, stride: int, affine: bool, gen: torch.Generator | None = None):
         super().__init__()
-        self.name, self.stride = name, stride
-        self.primitive = P.get(name)
+        primitive = registered(name)
+        if primitive is None:
+            raise ValueError(f"FunctionalOp wraps registered primitives; {name!r} is not one of {registered_names()}")
+        self.name, self.stride, self.primitive = name, stride, primitive
         if gen is None:
             # Draw a seed from torch's global RNG like nn.Module inits do; never reseed it.
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
-        params, stats = self.primitive.init(gen, C, stride, affine=affine, dtype=torch.float32)
-        self.tree = _Tree(params, stats)
+        params, stats = primitive.init(gen, C, stride, affine=affine, dtype=torch.float32)
+        self.tree = ParamTree(params, stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        params, stats = _split(self.tree)
-        y, new_stats = self.primitive.apply(params, stats, x, stride=self.stride, train=self.training)
-        if self.training:
+        params, stats = split_tree(self.tree)
+        y, new_stats = self.primitive.run(params, stats, x, stride=self.stride, train=self.training)
+        if self.training:  # nn.BatchNorm semantics: the module's buffers take the new statistics
             with torch.no_grad():
                 for old, new in zip(tree.leaves(stats), tree.leaves(new_stats)):
                     if old is not new:
@@ -78,12 +113,12 @@ class FunctionalOp(nn.Module):
         return y
 
 
-def _builtin(name: str) -> Callable[[int, int, bool], nn.Module]:
+def _builtin(name: str) -> Factory:
     return lambda C, stride, affine: FunctionalOp(name, C, stride, affine)
 
 
 # name -> lambda C, stride, affine: nn.Module (the seed's contract). Built-ins first; users append.
-OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {name: _builtin(name) for name in sorted(P._REGISTRY)}
+OPS: dict[str, Factory] = {name: _builtin(name) for name in registered_names()}
 _BUILTIN_FACTORIES = dict(OPS)
 
 
@@ -92,13 +127,13 @@ def is_builtin(name: str) -> bool:
 
     A registered name that is missing from ``OPS`` (registered after import) counts as built in.
     """
-    return name in P._REGISTRY and OPS.get(name, _BUILTIN_FACTORIES.get(name)) is _BUILTIN_FACTORIES.get(name)
+    return registered(name) is not None and OPS.get(name, _BUILTIN_FACTORIES.get(name)) is _BUILTIN_FACTORIES.get(name)
 
 
-_ADAPTED: dict[str, tuple[Callable, P.Primitive]] = {}
+_ADAPTED: dict[str, tuple[Factory, Primitive]] = {}
 
 
-def adapted(name: str) -> P.Primitive:
+def adapted(name: str) -> Primitive:
     """The primitive adapted from ``OPS[name]``, built once per factory (a new factory replaces it)."""
     factory = OPS[name]
     cached = _ADAPTED.get(name)
@@ -108,13 +143,14 @@ def adapted(name: str) -> P.Primitive:
     return cached[1]
 
 
-def primitive_from_module(name: str, factory: Callable[[int, int, bool], nn.Module]) -> P.Primitive:
+def primitive_from_module(name: str, factory: Factory) -> Primitive:
     """Adapt a seed-style module factory to the pure primitive interface.
 
     ``init`` instantiates the module (with ``affine=False``, as DARTS searches) and copies its
     parameters and buffers into pytrees; ``apply`` runs a shared template instance through
     ``torch.func.functional_call`` on those pytrees. Buffers are cloned before the call because
-    BatchNorm updates running statistics in place.
+    BatchNorm updates running statistics in place. The module's own BatchNorms cannot take a
+    ``sync``: in data-parallel runs they normalise with per-process statistics.
     """
     templates: dict[tuple[int, int], nn.Module] = {}
 
@@ -141,12 +177,11 @@ def primitive_from_module(name: str, factory: Callable[[int, int, bool], nn.Modu
         }
         return params, stats
 
-    def apply(params, stats, x, *, stride, train):
-        C = x.shape[1]
-        module = template(C, stride)
+    def apply(params, stats, x, *, stride, train, sync=None):
+        module = template(x.shape[1], stride)
         module.train(train)
         new_stats = {k: v.clone() for k, v in stats.items()}
         y = torch.func.functional_call(module, (params, new_stats), (x,))
         return y, new_stats
 
-    return P.Primitive(name, init, apply, "any", "module", 0, factory)
+    return Primitive(name, init, apply, "any", "module", 0, module=factory)

@@ -82,6 +82,9 @@ def meets_budgets(genotype: ChainGenotype, cfg: ChainSpec, budgets: Mapping, *, 
     return all(b is None or actual[m] <= b for m, b in check_budgets(budgets).items())
 
 
+FILL_OP_WEIGHT = 1e4  # under width_policy "fill": the op scores' weight against one width step
+
+
 def _block_scores(alphas_or_scores: Mapping[str, Tensor], cfg: ChainSpec, from_scores: bool) -> list:
     """Per block ``(op -> score, width -> score)``; width scores relative to the block's best width."""
     out = []
@@ -89,6 +92,9 @@ def _block_scores(alphas_or_scores: Mapping[str, Tensor], cfg: ChainSpec, from_s
         op, width = (alphas_or_scores[f"b{b}_{part}"].detach().double().cpu() for part in ("op", "width"))
         if not from_scores:
             op, width = torch.log_softmax(op, -1), torch.log_softmax(width, -1)
+        if cfg.width_policy == "fill":
+            # ops first (any log-probability gap outweighs every width), then the widest widths
+            op, width = op * FILL_OP_WEIGHT, torch.arange(len(width), dtype=torch.float64)
         width = width - width.max()
         out.append((dict(zip(cfg.candidates[b], op.tolist())), dict(zip(cfg.width_choices[b], width.tolist()))))
     return out

@@ -224,9 +224,11 @@ def max_cost(cfg: ChainSpec, metric: Metric) -> int:
 # --- expected (differentiable) cost --------------------------------------------------------------
 
 
-def _straight_through(p: Tensor) -> Tensor:
-    """Value: one-hot at the argmax (first on ties, as derive); gradient: that of ``p``."""
-    hard = torch.nn.functional.one_hot(torch.argmax(p.detach()), p.shape[-1]).to(p)
+def _straight_through(p: Tensor, *, last: bool = False) -> Tensor:
+    """Value: one-hot at the argmax (first on ties, as derive; ``last``: at the last choice, as the
+    "fill" width policy derives without a budget); gradient: that of ``p``."""
+    pick = torch.tensor(p.shape[-1] - 1) if last else torch.argmax(p.detach())
+    hard = torch.nn.functional.one_hot(pick, p.shape[-1]).to(p)
     return hard + p - p.detach()
 
 
@@ -278,7 +280,7 @@ def expected_cost(
     for b in range(cfg.num_blocks):
         p, q = torch.softmax(alphas[f"b{b}_op"], -1), torch.softmax(alphas[f"b{b}_width"], -1)
         if straight_through:
-            p, q = _straight_through(p), _straight_through(q)
+            p, q = _straight_through(p), _straight_through(q, last=cfg.width_policy == "fill")
         w = q @ torch.tensor([float(v) for v in cfg.width_choices[b]], **opts)  # E[c_out | not identity]
         t_in, t_out = _t_in(cfg, b), cfg.lengths[b]
         if metric == "params":

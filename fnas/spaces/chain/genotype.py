@@ -105,6 +105,9 @@ def check_alphas(alphas: Mapping[str, torch.Tensor], cfg: ChainSpec) -> None:
 def derive_genotype(alphas_or_scores: Mapping[str, torch.Tensor], cfg: ChainSpec) -> ChainGenotype:
     """Per block the argmax op and the argmax width (first on ties); identity carries its input width.
 
+    Under ``cfg.width_policy == "fill"`` the width is the block's widest choice (without a budget,
+    filling means the widest; :func:`~fnas.spaces.chain.budget.derive_within_budget` narrows it).
+
     Works on alphas and on per-choice scores of the same shapes (argmax is softmax-invariant).
 
     Raises:
@@ -114,7 +117,8 @@ def derive_genotype(alphas_or_scores: Mapping[str, torch.Tensor], cfg: ChainSpec
     blocks, c_in = [], cfg.in_channels
     for b in range(cfg.num_blocks):
         op = cfg.candidates[b][int(torch.argmax(alphas_or_scores[f"b{b}_op"].detach()))]
-        pick = int(torch.argmax(alphas_or_scores[f"b{b}_width"].detach()))
+        scores = alphas_or_scores[f"b{b}_width"].detach()
+        pick = len(cfg.width_choices[b]) - 1 if cfg.width_policy == "fill" else int(torch.argmax(scores))
         width = c_in if op == IDENTITY else cfg.width_choices[b][pick]
         blocks.append((op, width))
         c_in = width

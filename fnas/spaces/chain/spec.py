@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-__all__ = ["IDENTITY", "OP_TYPES", "Candidate", "ChainSpec", "op_name", "parse_op"]
+__all__ = ["IDENTITY", "OP_TYPES", "WIDTH_POLICIES", "Candidate", "ChainSpec", "op_name", "parse_op"]
 
 IDENTITY = "identity"
+WIDTH_POLICIES = ("fill", "alphas")
 OP_TYPES = ("conv", "sep")  # conv-BN-ReLU; depthwise (k, 1) -> pointwise 1x1 -> BN -> ReLU
 
 
@@ -100,6 +101,10 @@ class ChainSpec:
     op_types: tuple[str, ...] = OP_TYPES
     identity: bool = True  # blocks that keep shape may be skipped (depth search)
     strides: tuple[int, ...] = ()  # per block; () means all 1
+    # How a genotype's widths are read off: "fill" takes the alphas' ops and then the widest
+    # widths the budgets allow (searched widths left 40-80% of a 5k/20k budget unused on the watch
+    # data and lost 3-7 points; see docs/chain-space.md); "alphas" takes the width alphas' argmax.
+    width_policy: str = "fill"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -140,6 +145,8 @@ class ChainSpec:
             raise ValueError(bad_fractions) from None
         if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
             raise ValueError(bad_fractions)
+        if self.width_policy not in WIDTH_POLICIES:
+            raise ValueError(f"{owner}.width_policy must be one of {WIDTH_POLICIES}, got {self.width_policy!r}")
         if not isinstance(self.identity, bool) or not isinstance(self.with_input_batchnorm, bool):
             raise ValueError(f"{owner}.identity and .with_input_batchnorm must be bools")
         for name, value in (

@@ -10,7 +10,7 @@ from fnas.spaces.chain import IDENTITY, ChainGenotype, ChainSpaceConfig
 
 # 3 blocks: 2 -> 4 channels, 4 -> 4 (identity allowed), 4 -> 6 at stride 2; 8 ops x 2 widths each
 TINY = dict(in_channels=2, num_classes=3, input_shape=(16, 1), widths=(4, 4, 6), width_fractions=(0.5, 1.0),
-            kernels=(3, 5), dilations=(1, 2), strides=(1, 1, 2))  # fmt: skip
+            kernels=(3, 5), dilations=(1, 2), strides=(1, 1, 2), width_policy="alphas")  # fmt: skip
 
 
 def tiny(**changes) -> ChainSpaceConfig:

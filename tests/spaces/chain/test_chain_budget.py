@@ -150,3 +150,34 @@ def test_for_budget_keeps_the_base_data_and_drops_blocks_when_it_must():
 def test_for_budget_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         for_budget(**kwargs)
+
+
+# --- the "fill" width policy: ops from the alphas, then the widest widths the budgets allow ------
+
+
+def test_fill_policy_derives_the_widest_widths_without_a_budget():
+    cfg = tiny(width_policy="fill")
+    alphas = cfg.init(torch.Generator().manual_seed(3))[1]
+    genotype = cfg.derive(alphas)
+    alphas_pick = tiny().derive(alphas)
+    assert [op for op, _ in genotype.blocks] == [op for op, _ in alphas_pick.blocks]
+    c_in = cfg.in_channels
+    for b, (op, width) in enumerate(genotype.blocks):
+        assert width == (c_in if op == "identity" else max(cfg.width_choices[b]))
+        c_in = width
+
+
+@pytest.mark.parametrize("budget", [150, 250, 400])
+def test_fill_policy_within_budget_keeps_the_ops_and_fills_the_budget(budget):
+    cfg = tiny(width_policy="fill", identity=False)
+    alphas = cfg.init(torch.Generator().manual_seed(5))[1]
+    ops = [op for op, _ in cfg.derive(alphas).blocks]
+    genotype = derive_within_budget(alphas, cfg, {"params": budget})
+    members = [g for g in all_genotypes(cfg) if [op for op, _ in g.blocks] == ops
+               and genotype_cost(g, cfg).params <= budget]
+    if not members:
+        pytest.skip("the argmax ops do not fit this budget at any width")
+    assert [op for op, _ in genotype.blocks] == ops
+    best = max(sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(g.blocks)) for g in members)
+    assert sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(genotype.blocks)) == best
+    assert genotype_cost(genotype, cfg).params <= budget

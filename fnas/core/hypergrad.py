@@ -3,12 +3,15 @@
 All three share one signature so a config value switches between them and a benchmark compares
 them on the same batch::
 
-    g_alpha, (val_loss, val_aux) = method(loss_fn, weights, alphas, momentum, train_batches,
-                                          valid_batch, xi=..., momentum_coef=..., weight_decay=...)
+    g_alpha, (val_loss, val_aux) = method(loss_fn, weights, alphas, opt_state, train_batches,
+                                          valid_batch, xi=..., optimizer=...)
 
 ``loss_fn(weights, alphas, batch) -> (loss, aux)`` is any differentiable loss: the built-in
-supernet's or a user's own. The virtual step is the real weight optimiser's rule (SGD with
-momentum ``m`` and L2 weight decay ``wd``; no clipping, as in DARTS)::
+supernet's or a user's own. ``optimizer`` is the weight optimiser (a bound
+:class:`fnas.core.optim.Transformation`, DARTS' SGD when omitted) and ``opt_state`` its state: the
+virtual step applies that optimiser's own update with ``xi`` as its learning rate, so it is the
+step the search will take. For SGD with momentum ``m`` and L2 weight decay ``wd`` (no clipping, as
+in DARTS)::
 
     buf' = m * buf + dL_train/dw (w, alpha) + wd * w
     w'   = w - xi * buf'
@@ -28,10 +31,12 @@ import torch
 from torch.func import grad
 
 from fnas.core import tree
-from fnas.core.optim import SGDState, sgd_direction
+from fnas.core.optim import Transformation, sgd
 
 Tensor = torch.Tensor
 LossFn = Callable[[Any, Any, Any], tuple[Tensor, Any]]
+
+DARTS_SGD = sgd(momentum=0.9, weight_decay=3e-4)  # DARTS' weight optimiser: the default virtual step
 
 
 def as_batches(train_batches: Any, k: int) -> list:
@@ -51,30 +56,27 @@ def as_batches(train_batches: Any, k: int) -> list:
 
 
 def virtual_step(
-    loss_fn: LossFn, weights: Any, alphas: Any, momentum: Any, batch: Any, *, xi, momentum_coef, weight_decay
+    loss_fn: LossFn, weights: Any, alphas: Any, opt_state: Any, batch: Any, *, xi, optimizer: Transformation
 ) -> tuple[Any, Any]:
-    """One SGD step of the weights as a differentiable function of ``alphas``.
+    """One step of the weight optimiser with learning rate ``xi``, as a differentiable function of ``alphas``.
 
     Returns:
-        ``(w', buf')``.
+        ``(w', opt_state')``.
     """
     g = grad(lambda w: loss_fn(w, alphas, batch)[0])(weights)
-    # the real optimiser's rule, so the virtual step is the step the search will take
-    buf = sgd_direction(g, SGDState(momentum), weights, momentum=momentum_coef, weight_decay=weight_decay)
-    return tree.axpy(-xi, buf, weights), buf
+    return optimizer.update(g, opt_state, weights, lr=xi)
 
 
 def first_order(
     loss_fn: LossFn,
     weights: Any,
     alphas: Any,
-    momentum: Any,
+    opt_state: Any,
     train_batches: Any,
     valid_batch: Any,
     *,
     xi=0.0,
-    momentum_coef: float = 0.9,
-    weight_decay: float = 0.0,
+    optimizer: Transformation | None = None,
     unroll_steps: int = 1,
 ) -> tuple[Any, tuple[Tensor, Any]]:
     """``dL_val/dalpha`` at the current weights (DARTS first order, ``xi = 0``)."""
@@ -86,13 +88,12 @@ def exact(
     loss_fn: LossFn,
     weights: Any,
     alphas: Any,
-    momentum: Any,
+    opt_state: Any,
     train_batches: Any,
     valid_batch: Any,
     *,
     xi=0.025,
-    momentum_coef: float = 0.9,
-    weight_decay: float = 3e-4,
+    optimizer: Transformation | None = None,
     unroll_steps: int = 1,
     hvp: str = "forward",
 ) -> tuple[Any, tuple[Tensor, Any]]:
@@ -110,10 +111,12 @@ def exact(
     Args:
         loss_fn: ``(weights, alphas, batch) -> (loss, aux)``.
         weights, alphas: pytrees.
-        momentum: the weight optimiser's momentum buffers (a pytree like ``weights``).
+        opt_state: the weight optimiser's state (SGD: :class:`fnas.core.optim.SGDState`).
         train_batches: one batch, or a list of ``unroll_steps`` batches.
         valid_batch: the batch of the outer (validation) loss.
         xi: virtual learning rate (the real one, as DARTS does).
+        optimizer: the weight optimiser whose update is the virtual step (default: DARTS' SGD,
+            momentum 0.9, weight decay 3e-4).
         unroll_steps: ``K``, the number of virtual steps.
         hvp: ``"forward"`` (K = 1 only) or ``"reverse"``; see above.
 
@@ -125,13 +128,11 @@ def exact(
     if hvp not in ("forward", "reverse"):
         raise ValueError(f"hvp must be 'forward' or 'reverse', got {hvp!r}")
     batches = as_batches(train_batches, unroll_steps)
+    optimizer = optimizer or DARTS_SGD
     # dynamo cannot trace jvp through batch_norm yet (torch 2.13): compiled steps take the equal
     # nested-reverse form
     if unroll_steps == 1 and hvp == "forward" and not torch.compiler.is_compiling():
-        w1, _ = virtual_step(
-            loss_fn, weights, alphas, momentum, batches[0], xi=xi, momentum_coef=momentum_coef,
-            weight_decay=weight_decay,
-        )
+        w1, _ = virtual_step(loss_fn, weights, alphas, opt_state, batches[0], xi=xi, optimizer=optimizer)
         (gw, ga), out = grad(lambda w, a: _with_aux(loss_fn(w, a, valid_batch)), argnums=(0, 1), has_aux=True)(
             w1, alphas
         )
@@ -140,11 +141,9 @@ def exact(
         return tree.axpy(-xi, implicit, ga), out
 
     def objective(a):
-        w, buf = weights, momentum
+        w, state = weights, opt_state
         for batch in batches:
-            w, buf = virtual_step(
-                loss_fn, w, a, buf, batch, xi=xi, momentum_coef=momentum_coef, weight_decay=weight_decay
-            )
+            w, state = virtual_step(loss_fn, w, a, state, batch, xi=xi, optimizer=optimizer)
         return _with_aux(loss_fn(w, a, valid_batch))
 
     return grad(objective, has_aux=True)(alphas)
@@ -154,13 +153,12 @@ def finite_difference(
     loss_fn: LossFn,
     weights: Any,
     alphas: Any,
-    momentum: Any,
+    opt_state: Any,
     train_batches: Any,
     valid_batch: Any,
     *,
     xi=0.025,
-    momentum_coef: float = 0.9,
-    weight_decay: float = 3e-4,
+    optimizer: Transformation | None = None,
     unroll_steps: int = 1,
 ) -> tuple[Any, tuple[Tensor, Any]]:
     """DARTS' approximation: ``dalpha L_val(w') - xi * (g+ - g-) / (2 eps)``.
@@ -175,9 +173,7 @@ def finite_difference(
     if unroll_steps != 1:
         raise ValueError(f"finite_difference supports unroll_steps=1 only, got {unroll_steps}; use exact")
     batch = as_batches(train_batches, 1)[0]
-    w1, _ = virtual_step(
-        loss_fn, weights, alphas, momentum, batch, xi=xi, momentum_coef=momentum_coef, weight_decay=weight_decay
-    )
+    w1, _ = virtual_step(loss_fn, weights, alphas, opt_state, batch, xi=xi, optimizer=optimizer or DARTS_SGD)
     (gw, ga), out = grad(lambda w, a: _with_aux(loss_fn(w, a, valid_batch)), argnums=(0, 1), has_aux=True)(
         w1, alphas
     )
@@ -213,4 +209,4 @@ def get(name: str) -> Callable:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "as_batches", "exact", "finite_difference", "first_order", "get", "virtual_step"]
+__all__ = ["DARTS_SGD", "METHODS", "as_batches", "exact", "finite_difference", "first_order", "get", "virtual_step"]

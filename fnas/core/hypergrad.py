@@ -100,10 +100,10 @@ def exact(
     """``d/dalpha L_val(w_K(alpha), alpha)`` through ``K`` virtual steps, exactly.
 
     No finite differences, no ``.backward()``, no mutation. For ``K = 1`` (``hvp="forward"``, the
-    default) the chain rule is split as DARTS does, ``dalpha L_val(w') - xi * H v`` with
-    ``v = dw' L_val(w')`` and ``H v = d/dw [dalpha L_train(w)] . v``, but the mixed
-    Hessian-vector product is exact: ``torch.func.jvp`` of the alpha gradient along ``v``
-    (forward-over-reverse). It needs about half the memory of differentiating through the inner
+    default) the chain rule is split as DARTS does, ``dalpha L_val(w') + H u`` with
+    ``u = (dU/dg)^T dw' L_val(w')`` (the virtual step ``w' = U(g)``'s pullback; ``-xi dw' L_val``
+    for SGD) and ``H u = d/dw [dalpha L_train(w)] . u``, but the mixed Hessian-vector product is
+    exact: ``torch.func.jvp`` of the alpha gradient along ``u`` (forward-over-reverse). It needs about half the memory of differentiating through the inner
     gradient. ``hvp="reverse"``, and every ``K > 1``, differentiates the whole unrolled objective
     with nested ``torch.func.grad`` (the second-order term comes from differentiating the inner
     gradient itself). Both are equal to float64 round-off (tested).
@@ -132,13 +132,15 @@ def exact(
     # dynamo cannot trace jvp through batch_norm yet (torch 2.13): compiled steps take the equal
     # nested-reverse form
     if unroll_steps == 1 and hvp == "forward" and not torch.compiler.is_compiling():
-        w1, _ = virtual_step(loss_fn, weights, alphas, opt_state, batches[0], xi=xi, optimizer=optimizer)
+        w1, pullback = _step_with_pullback(loss_fn, weights, alphas, opt_state, batches[0], xi=xi, optimizer=optimizer)
         (gw, ga), out = grad(lambda w, a: _with_aux(loss_fn(w, a, valid_batch)), argnums=(0, 1), has_aux=True)(
             w1, alphas
         )
-        # H v = d/d eps [dalpha L_train(w + eps v, alpha)] at eps = 0: exact, no eps to choose
-        _, implicit = torch.func.jvp(lambda w: grad(lambda a: loss_fn(w, a, batches[0])[0])(alphas), (weights,), (gw,))
-        return tree.axpy(-xi, implicit, ga), out
+        # dL_val/dalpha through w' = U(dL_train/dw): u = (dU/dg)^T dL_val/dw' (SGD: -xi * gw), then
+        # H u = d/d eps [dalpha L_train(w + eps u, alpha)] at eps = 0: exact, no eps to choose
+        u = pullback(gw)
+        _, implicit = torch.func.jvp(lambda w: grad(lambda a: loss_fn(w, a, batches[0])[0])(alphas), (weights,), (u,))
+        return tree.add(ga, implicit), out
 
     def objective(a):
         w, state = weights, opt_state
@@ -163,7 +165,8 @@ def finite_difference(
 ) -> tuple[Any, tuple[Tensor, Any]]:
     """DARTS' approximation: ``dalpha L_val(w') - xi * (g+ - g-) / (2 eps)``.
 
-    ``g+-`` is ``dalpha L_train(w +- eps * dw' L_val(w'), alpha)`` and ``eps = 0.01 / ||dw' L_val||``.
+    ``g+-`` is ``dalpha L_train(w +- eps * dw' L_val(w'), alpha)`` and ``eps = 0.01 / ||dw' L_val||``
+    (for SGD; another optimiser's virtual step ``w' = U(g)`` perturbs along ``(dU/dg)^T dw' L_val``).
     The difference is divided by ``2 * eps`` (some reimplementations divide by 2 and multiply by
     eps through an operator-precedence slip).
 
@@ -173,17 +176,31 @@ def finite_difference(
     if unroll_steps != 1:
         raise ValueError(f"finite_difference supports unroll_steps=1 only, got {unroll_steps}; use exact")
     batch = as_batches(train_batches, 1)[0]
-    w1, _ = virtual_step(loss_fn, weights, alphas, opt_state, batch, xi=xi, optimizer=optimizer or DARTS_SGD)
+    optimizer = optimizer or DARTS_SGD
+    w1, pullback = _step_with_pullback(loss_fn, weights, alphas, opt_state, batch, xi=xi, optimizer=optimizer)
     (gw, ga), out = grad(lambda w, a: _with_aux(loss_fn(w, a, valid_batch)), argnums=(0, 1), has_aux=True)(
         w1, alphas
     )
-    eps = 0.01 / tree.norm(gw)
+    # u = (dU/dg)^T dL_val/dw' is SGD's -xi * gw. DARTS perturbs w by eps * gw with eps = 0.01 / ||gw||:
+    # radius 0.01 along u's direction, and the difference quotient scaled back by ||u||
+    u = pullback(gw)
+    norm = tree.norm(u)
+    radius = 0.01
+    unit = tree.scale(1.0 / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny), u)  # xi = 0: u = 0, no 0/0
     train_grad = grad(lambda a, w: loss_fn(w, a, batch)[0])
-    g_plus = train_grad(alphas, tree.axpy(eps, gw, weights))
-    g_minus = train_grad(alphas, tree.axpy(-eps, gw, weights))
-    # (g+ - g-) / (2 eps): a central difference of the mixed second derivative along dw'
-    implicit = tree.scale(1.0 / (2.0 * eps), tree.sub(g_plus, g_minus))
-    return tree.axpy(-xi, implicit, ga), out
+    g_plus = train_grad(alphas, tree.axpy(radius, unit, weights))
+    g_minus = train_grad(alphas, tree.axpy(-radius, unit, weights))
+    # ||u|| (g+ - g-) / (2 radius): a central difference of the mixed second derivative along u; for
+    # SGD it is DARTS' -xi (g+ - g-) / (2 eps) with the signs of the two points swapped
+    implicit = tree.scale(norm / (2.0 * radius), tree.sub(g_plus, g_minus))
+    return tree.add(ga, implicit), out
+
+
+def _step_with_pullback(loss_fn: LossFn, weights: Any, alphas: Any, opt_state: Any, batch: Any, *, xi, optimizer):
+    """The virtual step ``w' = U(g)`` at ``g = dL_train/dw`` and its pullback ``v -> (dU/dg)^T v``."""
+    g = grad(lambda w: loss_fn(w, alphas, batch)[0])(weights)
+    w1, vjp = torch.func.vjp(lambda g_: optimizer.update(g_, opt_state, weights, lr=xi)[0], g)
+    return w1, lambda v: vjp(v)[0]
 
 
 def _with_aux(result: tuple[Tensor, Any]) -> tuple[Tensor, tuple[Tensor, Any]]:

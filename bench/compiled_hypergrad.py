@@ -54,7 +54,8 @@ import workloads as W  # noqa: E402
 
 from fnas.core import hypergrad  # noqa: E402
 from fnas.core import tree  # noqa: E402
-from fnas.search.loop import current_lr, supernet_loss  # noqa: E402
+from fnas.core.optim import SGDState  # noqa: E402
+from fnas.search import current_lr, supernet_loss, weight_optimizer  # noqa: E402
 
 
 def _flat(g) -> torch.Tensor:
@@ -105,14 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
     problem = W.hypergrad_problem(args.space, warmup_steps=0, primitives=args.primitives)
     problem64 = problem.to(torch.float64)
     cfg = problem.cfg
-    kw = dict(xi=current_lr(problem.state.step, cfg), momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay)
+    kw = dict(xi=current_lr(problem.state.step, cfg), optimizer=weight_optimizer(cfg))
 
     def hg(weights, alphas, momentum, stats, train, valid):
         # the statistics are an input here (not closed over as in problem.loss_fn), like in a compiled step
         def loss_fn(w, a, b):
             return supernet_loss(w, a, stats, b, cfg=cfg)
 
-        return hypergrad.exact(loss_fn, weights, alphas, momentum, train, valid, hvp="reverse", **kw)[0]
+        return hypergrad.exact(loss_fn, weights, alphas, SGDState(momentum), train, valid, hvp="reverse", **kw)[0]
 
     def inputs(p, perm=None):
         s = p.state

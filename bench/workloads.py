@@ -28,7 +28,15 @@ from fnas.core import tree
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.mixed_op import apply_edges_fused, apply_mixed_op, init_mixed_op
-from fnas.search.loop import compile_search_step, current_lr, init_search, search_step, supernet_loss, weight_step
+from fnas.search import (
+    compile_search_step,
+    current_lr,
+    init_search,
+    search_step,
+    supernet_loss,
+    weight_optimizer,
+    weight_step,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_baseline as sb  # noqa: E402
@@ -400,12 +408,11 @@ class HypergradProblem:
             self.loss_fn,
             self.state.weights,
             self.state.alphas,
-            self.state.w_opt.momentum,
+            self.state.w_opt,
             self.train,
             self.valid,
             xi=current_lr(self.state.step, cfg),
-            momentum_coef=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            optimizer=weight_optimizer(cfg),
             unroll_steps=unroll_steps,
         )
 

@@ -17,7 +17,7 @@ from fnas.spaces.cell.genotype import (
     validate_genotype,
 )
 from fnas.spaces.cell.network import NetworkCnn
-from fnas.search.loop import (
+from fnas.search import (
     SearchResult,
     SearchState,
     arch_step,

@@ -7,10 +7,9 @@ from typing import Any
 
 import torch
 
+from fnas.search import DEFAULTS, SearchConfig, run_search
 from fnas.spaces.cell import genotype as genotypes
-from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.search.loop import run_search
 
 __all__ = ["REQUIRED", "config_from_args", "search_and_get_model", "select_device"]
 
@@ -105,8 +104,11 @@ def search_and_get_model(args: Any) -> torch.nn.Module:
     second-order architecture gradient. The input shape is read from the first training batch,
     which must be ``(N, in_channels, T, 1)`` or ``(N, in_channels, H, W)``. Optional fields:
     ``seed`` (default 0), ``primitives`` (default ``fnas.spaces.cell.genotype.PRIMITIVES_CNN``),
-    ``progress`` (default True), ``selection`` (default ``"alphas"``, the seed's DARTS argmax;
-    ``"perturbation"`` is what ``fnas search`` uses, see :func:`fnas.search.loop.run_search`).
+    ``progress`` (default True), ``selection`` (default ``DEFAULTS["selection"]``,
+    ``"perturbation"``, as ``fnas search``; ``"alphas"`` is the seed's DARTS argmax, see
+    :func:`fnas.search.loop.run_search`). Every other setting the seed's ``args`` spell (lr,
+    momentum, weight decay, arch lr, ...) comes from ``args``; the rest from
+    :data:`fnas.search.defaults.DEFAULTS`.
 
     Returns:
         A freshly initialised :class:`fnas.spaces.cell.network.NetworkCnn` of the derived genotype (train it
@@ -139,7 +141,7 @@ def search_and_get_model(args: Any) -> torch.nn.Module:
         gen=gen,
         device=device,
         progress=bool(getattr(args, "progress", True)),
-        selection=getattr(args, "selection", "alphas"),
+        selection=getattr(args, "selection", DEFAULTS["selection"]),
     )
     model = result.model.to(device)
     model.search_result = result

@@ -11,11 +11,13 @@ pooling windows become ``(s, 1)`` and ``(k, 1)``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from fnas.core import collectives as _dp
+if TYPE_CHECKING:  # collectives imports this module's BN constants; layers needs Sync only as a type
+    from fnas.core.collectives import Sync
 
 Tensor = torch.Tensor
 
@@ -86,12 +88,13 @@ def init_bn(
 
 
 def apply_bn(
-    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool, sync=None
+    params: dict[str, Tensor], stats: dict[str, Tensor], x: Tensor, *, train: bool, sync: Sync | None = None
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """BatchNorm over all but the channel axis; returns ``(y, new_stats)``.
 
     ``F.batch_norm`` updates the running statistics it is handed in place (even under
     ``torch.func`` transforms), so it gets fresh copies and the copies come back as the new stats.
+    ``sync``: see :func:`batch_norm`.
     """
     mean, var = stats["running_mean"], stats["running_var"]
     y, new_mean, new_var = batch_norm(x, mean, var, params.get("weight"), params.get("bias"), train=train, sync=sync)
@@ -99,69 +102,27 @@ def apply_bn(
 
 
 def batch_norm(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, *, train: bool, sync=None
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    train: bool,
+    sync: Sync | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure batch norm on raw tensors: ``(y, new_running_mean, new_running_var)``.
 
-    In data-parallel mode (:func:`fnas.core.collectives.data_parallel`) training mode normalises with
-    the statistics of the global batch (:func:`sync_batch_norm`).
+    With a ``sync`` (:class:`fnas.core.collectives.Sync`, data-parallel search), training mode
+    normalises with the statistics of the global batch (:meth:`~fnas.core.collectives.Sync.batch_norm`).
     """
     if not train:
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, BN_EPS), mean, var
-    if _dp.is_active():
-        return sync_batch_norm(x, mean, var, weight, bias)
+    if sync is not None:
+        return sync.batch_norm(x, mean, var, weight, bias)
     mean, var = mean.clone(), var.clone()
     y = F.batch_norm(x, mean, var, weight, bias, True, BN_MOMENTUM, BN_EPS)
     return y, mean, var
-
-
-def sync_batch_norm(
-    x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Training-mode batch norm with the statistics of the batch of every data-parallel rank.
-
-    Each rank computes its shard's per-channel count, mean and biased variance (over every axis but
-    1), one differentiable all-gather (:func:`fnas.core.collectives.all_gather`) shares them, and every
-    rank combines them in rank order with Chan et al.'s pairwise formula (no ``E[x^2] - E[x]^2``
-    cancellation): the global batch's mean and biased variance, identical on every rank. The
-    normalisation is plain tensor arithmetic, so gradients (of any order, forward or reverse) flow
-    through the global statistics to every rank's inputs, as in a single process on the whole
-    batch. The running statistics are updated as ``F.batch_norm`` does (momentum ``BN_MOMENTUM``,
-    unbiased variance). With one rank (or outside data-parallel mode) it equals ``F.batch_norm``
-    in training mode (tested in float64).
-
-    Returns:
-        ``(y, new_running_mean, new_running_var)``.
-
-    Raises:
-        ValueError: a single value per channel over all ranks (the variance is undefined).
-
-    References:
-        Ioffe, Szegedy. Batch Normalization. ICML 2015. Chan, Golub, LeVeque. Updating Formulae and a
-        Pairwise Algorithm for Computing Sample Variances. 1979.
-    """
-    dims = [0, *range(2, x.ndim)]
-    count = x.numel() // x.shape[1]
-    if count * _dp.active_world_size() <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    local_var, local_mean = torch.var_mean(x, dim=dims, unbiased=False)
-    stats = _dp.all_gather(torch.stack([torch.full_like(local_mean, count), local_mean, local_var]))  # (W, 3, C)
-    n, means, variances = stats.unbind(1)
-    total = n.sum(0)
-    batch_mean = (n * means).sum(0) / total
-    m2 = (n * variances).sum(0) + (n * (means - batch_mean) ** 2).sum(0)
-    batch_var = m2 / total
-    shape = (1, -1, *([1] * (x.ndim - 2)))
-    scale = torch.rsqrt(batch_var + BN_EPS)
-    if weight is not None:
-        scale = scale * weight
-    y = (x - batch_mean.reshape(shape)) * scale.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    unbiased = (m2 / (total - 1)).detach()
-    new_mean = BN_MOMENTUM * batch_mean.detach() + (1 - BN_MOMENTUM) * mean
-    new_var = BN_MOMENTUM * unbiased + (1 - BN_MOMENTUM) * var
-    return y, new_mean, new_var
 
 
 def max_pool(x: Tensor, k: int, stride: int) -> Tensor:

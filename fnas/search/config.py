@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fnas.cost import parse_mode
+from fnas.search.defaults import DEFAULTS as D
 from fnas.spaces.cell.config import SpaceConfig
 
 HYPERGRADS = ("first_order", "exact", "finite_difference")
@@ -19,20 +20,21 @@ HYPERGRADS = ("first_order", "exact", "finite_difference")
 class SearchConfig:
     """One search: the space, the optimisers and the architecture-gradient method.
 
-    Defaults are DARTS' (Liu et al. 2019) unless noted.
+    Defaults come from :data:`fnas.search.defaults.DEFAULTS` (the CLI's too); its comments say
+    which differ from DARTS (Liu et al. 2019) and why.
     """
 
     space: SpaceConfig = field(default_factory=SpaceConfig)
-    lr: float = 0.025  # weight SGD, cosine-annealed to lr_min over total_steps
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4  # Adam on alphas
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    hypergrad: Literal["first_order", "exact", "finite_difference"] = "first_order"
-    unroll_steps: int = 1  # exact only: differentiate through K virtual weight steps
+    lr: float = D["lr"]  # weight SGD, cosine-annealed to lr_min over total_steps
+    lr_min: float = D["lr_min"]
+    momentum: float = D["momentum"]
+    weight_decay: float = D["weight_decay"]
+    grad_clip: float = D["grad_clip"]
+    arch_lr: float = D["arch_lr"]  # Adam on alphas
+    arch_betas: tuple[float, float] = D["arch_betas"]
+    arch_weight_decay: float = D["arch_weight_decay"]
+    hypergrad: Literal["first_order", "exact", "finite_difference"] = D["hypergrad"]
+    unroll_steps: int = D["unroll_steps"]  # exact only: differentiate through K virtual weight steps
     total_steps: int = 1000  # length of the cosine schedule (the search loop sets it)
     warmup_steps: int = 0  # alphas stay fixed for the first warmup_steps steps
     # Resource-aware search (the seed's nas_optimization_mode): 'Memory' (parameters), 'Compute'
@@ -40,14 +42,14 @@ class SearchConfig:
     penalty_mode: str | tuple[str, ...] | None = None
     # With a budget, weight 1 makes the penalty worth one cross-entropy when the derived genotype
     # is exactly at its budget, and 0 while it is under 90% of it (see fnas.cost.penalty for the tuning).
-    penalty_weight: float = 1.0
+    penalty_weight: float = D["penalty_weight"]
     max_params: int | None = None  # budgets; a budget without penalty_mode turns its mode on
     max_macs: int | None = None
     max_sram_bytes: int | None = None
     # beta-DARTS (Ye et al. 2022): weight of the beta-decay regulariser on the alphas, raised
     # linearly from 0 to beta_weight over total_steps; 0 turns it off. The reference code ramps it
     # as 50 * epoch / 100 in the DARTS space.
-    beta_weight: float = 0.0
+    beta_weight: float = D["beta_weight"]
 
     def __post_init__(self) -> None:
         if not isinstance(self.space, SpaceConfig):

@@ -8,6 +8,7 @@ the two ranks agree bitwise.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from fnas.core import collectives as D
 from fnas.core import layers as L
 from fnas.core import tree
 from fnas.spaces.cell.genotype import load_genotype
-from fnas.search.loop import load_checkpoint, run_search
+from fnas.search import load_checkpoint, run_search, search_step, supernet_loss
 
 dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -112,22 +113,24 @@ def toy_data():
     return x, c, w, a, v
 
 
-def toy_derivatives(x, c, w, a, v) -> dict:
+def toy_derivatives(x, c, w, a, v, sync=None) -> dict:
     """First and second derivatives of a BatchNorm'd loss, by every torch.func composition the search uses.
 
     The loss is the mean over the samples of ``x`` (the global batch, or a rank's shard of it in
-    data-parallel mode, where gradients are synced and BN statistics are global).
+    data-parallel mode, ``sync`` given, where gradients are synced and BN statistics are global).
     """
     from torch.func import grad, jvp
 
     mean0, var0 = torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype)
 
     def loss(w, a):
-        w, a = D.sync_grads(w), D.sync_grads(a)
-        y, _, _ = L.batch_norm(torch.tanh(x * a[None, :, None, None]), mean0, var0, w, None, train=True)
+        if sync is not None:
+            w, a = sync.sync_grads(w), sync.sync_grads(a)
+        y, _, _ = L.batch_norm(torch.tanh(x * a[None, :, None, None]), mean0, var0, w, None, train=True, sync=sync)
         return (torch.sin(y) ** 2 * c[:, None, None, None]).mean()
 
-    _, new_mean, new_var = L.batch_norm(torch.tanh(x * a[None, :, None, None]), mean0, var0, w, None, train=True)
+    _, new_mean, new_var = L.batch_norm(torch.tanh(x * a[None, :, None, None]), mean0, var0, w, None, train=True,
+                                        sync=sync)
     return {
         "grad_a": grad(loss, argnums=1)(w, a),
         "grad_w": grad(loss)(w, a),
@@ -150,8 +153,8 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
     try:
         x, c, w, a, v = toy_data()
         m = x.shape[0] // world
-        with D.data_parallel():
-            results["toy"] = toy_derivatives(x[rank * m : (rank + 1) * m], c[rank * m : (rank + 1) * m], w, a, v)
+        results["toy"] = toy_derivatives(x[rank * m : (rank + 1) * m], c[rank * m : (rank + 1) * m], w, a, v,
+                                         sync=D.Sync())
         for case in CASES:
             results[case] = summary(search(case))  # data parallel by itself: a group of 2 ranks is initialised
         try:  # each rank is told its own checkpoint path: only rank 0's may appear
@@ -262,13 +265,12 @@ def test_sync_batch_norm_on_one_rank_equals_f_batch_norm(group1, affine):
         return (y * r).sum(), (y, m, v)
 
     def synced(x, weight, bias):
-        y, m, v = L.batch_norm(x, mean, var, weight, bias, train=True)
+        y, m, v = L.batch_norm(x, mean, var, weight, bias, train=True, sync=D.Sync())
         return (y * r).sum(), (y, m, v)
 
     argnums = (0, 1, 2) if affine else 0
     want_g, want = torch.func.grad(plain, argnums=argnums, has_aux=True)(x, weight, bias)
-    with D.data_parallel():
-        got_g, got = torch.func.grad(synced, argnums=argnums, has_aux=True)(x, weight, bias)
+    got_g, got = torch.func.grad(synced, argnums=argnums, has_aux=True)(x, weight, bias)
     tol = dict(rtol=1e-10, atol=1e-11)
     _assert_close_trees(got, want, **tol)  # output, new running mean, new running var (unbiased)
     _assert_close_trees(got_g, want_g, **tol)
@@ -276,22 +278,22 @@ def test_sync_batch_norm_on_one_rank_equals_f_batch_norm(group1, affine):
 
 
 def test_data_parallel_search_on_one_rank_equals_the_plain_search(group1, references):
-    got = summary(search("exact", data_parallel=True))
+    got = summary(search("exact", sync=D.Sync()))
     want = references["exact"]
     for key in ("alphas", "weights", "stats"):
         _assert_close_trees(got[key], want[key], rtol=1e-5, atol=1e-6)
     assert got["genotype"] == want["genotype"]
     with pytest.raises(ValueError, match="compile=True is not supported in data-parallel mode"):
-        search("first_order", data_parallel=True, compile=True)
+        search("first_order", sync=D.Sync(), compile=True)
 
 
 def test_data_parallel_mode_needs_a_process_group_and_is_off_by_default():
-    assert not D.is_active()
+    assert D.default_sync() is None  # no process group: run_search searches in one process
     with pytest.raises(ValueError, match="needs an initialised torch.distributed process group"):
-        with D.data_parallel():
-            pass
-    params = {"w": torch.ones(2)}
-    assert D.sync_grads(params) is params and D.shard((torch.ones(3),))[0].shape == (3,)
+        D.Sync()
+    # no sync unless one is passed: the step, the loss and BatchNorm default to a single process
+    for fn in (search_step, supernet_loss, L.batch_norm, L.apply_bn):
+        assert inspect.signature(fn).parameters["sync"].default is None, fn.__name__
 
 
 # --- two processes -------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 
 from fnas.core import hypergrad as H
 from fnas.core import tree as T
+from fnas.core.optim import SGDState, adam, sgd
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.search.loop import arch_step, init_search, search_step, supernet_loss, weight_step
+from fnas.search import arch_step, init_search, search_step, supernet_loss, weight_step
 from fnas.spaces.cell.supernet import init_supernet
 
 F64 = torch.float64
@@ -227,7 +228,7 @@ def supernet_problem(space: str, *, seed: int = 0, dtype=F64, k: int = 2, alpha_
 
 
 def hyper_kwargs(k: int, xi: float = XI) -> dict:
-    return dict(xi=xi, momentum_coef=MOMENTUM, weight_decay=WD, unroll_steps=k)
+    return dict(xi=xi, optimizer=sgd(momentum=MOMENTUM, weight_decay=WD), unroll_steps=k)
 
 
 # --- 1, 2: exact vs central differences of the unrolled objective on the supernet -------------
@@ -239,7 +240,7 @@ def test_exact_matches_central_difference(space, k):
     p = supernet_problem(space, k=k)
     batches = p.train_batches[:k]
     stats_before = clone(p.stats)
-    g, (val_loss, _) = H.exact(p.loss_fn, p.weights, p.alphas, p.momentum, batches, p.valid_batch, **hyper_kwargs(k))
+    g, (val_loss, _) = H.exact(p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), batches, p.valid_batch, **hyper_kwargs(k))
 
     def objective(a):
         return unrolled_objective(
@@ -258,7 +259,7 @@ def test_exact_matches_central_difference(space, k):
             f"{space}: CD(h) and CD(h/2) disagree ({smooth:.1e}): a ReLU/max-pool discontinuity of the "
             "unrolled objective lies within +-h of this test point; choose another seed"
         )
-    first = H.first_order(p.loss_fn, p.weights, p.alphas, p.momentum, batches, p.valid_batch)[0]
+    first = H.first_order(p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), batches, p.valid_batch)[0]
     print(f"\n[{space} K={k}] exact vs central difference: " + ", ".join(f"{n} {e:.2e}" for n, e in errs.items()))
     print(f"[{space} K={k}] first order vs exact (size of the second-order term): {rel_err(first, g):.2f}")
     for name, err in errs.items():
@@ -275,7 +276,7 @@ def test_exact_matches_central_difference(space, k):
 @pytest.mark.parametrize("k", [1, 2], ids=["K1", "K2"])
 def test_first_order_is_exact_with_xi_zero_bitwise(dtype, k):
     p = supernet_problem("kx1_seed", dtype=dtype, k=k)
-    args = (p.loss_fn, p.weights, p.alphas, p.momentum, p.train_batches[:k], p.valid_batch)
+    args = (p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), p.train_batches[:k], p.valid_batch)
     g_first, (loss_first, aux_first) = H.first_order(*args, **hyper_kwargs(k, xi=0.0))
     g_exact, (loss_exact, aux_exact) = H.exact(*args, **hyper_kwargs(k, xi=0.0))
     assert all(x.dtype == dtype for x in leaves(g_exact))
@@ -338,8 +339,8 @@ def test_finite_difference_near_exact_on_supernet(space):
     stays off the kinks, on this supernet (below).
     """
     p = supernet_problem(space, k=1, alpha_scale=0.0)
-    args = (p.loss_fn, p.weights, p.alphas, p.momentum, p.train_batches[0], p.valid_batch)
-    kw = dict(xi=0.025, momentum_coef=MOMENTUM, weight_decay=3e-4)
+    args = (p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), p.train_batches[0], p.valid_batch)
+    kw = dict(xi=0.025, optimizer=sgd(momentum=MOMENTUM, weight_decay=3e-4))
     g_exact, _ = H.exact(*args, **kw)
     g_fd, (val_loss, _) = H.finite_difference(*args, **kw)
     g_first, _ = H.first_order(*args, **kw)
@@ -372,12 +373,12 @@ def test_finite_difference_converges_to_exact_on_smooth_loss():
     errs = []
     for s in (1.0, 10.0, 100.0):
         loss_s, w_s, m_s, xi_s, wd_s = _rescaled(loss_fn, weights, momentum, s, xi=XI, wd=WD)
-        kw = dict(xi=xi_s, momentum_coef=MOMENTUM, weight_decay=wd_s)
-        g_exact, _ = H.exact(loss_s, w_s, alphas, m_s, train[0], valid, **kw)
-        g_fd, _ = H.finite_difference(loss_s, w_s, alphas, m_s, train[0], valid, **kw)
+        kw = dict(xi=xi_s, optimizer=sgd(momentum=MOMENTUM, weight_decay=wd_s))
+        g_exact, _ = H.exact(loss_s, w_s, alphas, SGDState(m_s), train[0], valid, **kw)
+        g_fd, _ = H.finite_difference(loss_s, w_s, alphas, SGDState(m_s), train[0], valid, **kw)
         errs.append(rel_err(g_fd, g_exact))
-    g_first, _ = H.first_order(loss_fn, weights, alphas, momentum, train[0], valid)
-    g_exact, _ = H.exact(loss_fn, weights, alphas, momentum, train[0], valid, **hyper_kwargs(1))
+    g_first, _ = H.first_order(loss_fn, weights, alphas, SGDState(momentum), train[0], valid)
+    g_exact, _ = H.exact(loss_fn, weights, alphas, SGDState(momentum), train[0], valid, **hyper_kwargs(1))
     print(
         f"\n[smooth] FD vs exact at radius 1e-2, 1e-3, 1e-4: {', '.join(f'{e:.1e}' for e in errs)}; "
         f"first order vs exact {rel_err(g_first, g_exact):.2f}"
@@ -398,10 +399,10 @@ def test_finite_difference_formula_on_supernet_at_small_radius():
     """
     p = supernet_problem("kx1_seed", k=1)
     loss_s, w_s, m_s, xi_s, wd_s = _rescaled(p.loss_fn, p.weights, p.momentum, 1e4, xi=XI, wd=WD)
-    kw = dict(xi=xi_s, momentum_coef=MOMENTUM, weight_decay=wd_s)
-    g_exact, _ = H.exact(loss_s, w_s, p.alphas, m_s, p.train_batches[0], p.valid_batch, **kw)
-    g_fd, _ = H.finite_difference(loss_s, w_s, p.alphas, m_s, p.train_batches[0], p.valid_batch, **kw)
-    args = (p.loss_fn, p.weights, p.alphas, p.momentum, p.train_batches[0], p.valid_batch)
+    kw = dict(xi=xi_s, optimizer=sgd(momentum=MOMENTUM, weight_decay=wd_s))
+    g_exact, _ = H.exact(loss_s, w_s, p.alphas, SGDState(m_s), p.train_batches[0], p.valid_batch, **kw)
+    g_fd, _ = H.finite_difference(loss_s, w_s, p.alphas, SGDState(m_s), p.train_batches[0], p.valid_batch, **kw)
+    args = (p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), p.train_batches[0], p.valid_batch)
     g_plain, _ = H.exact(*args, **hyper_kwargs(1))
     err = rel_err(g_fd, g_exact)
     print(f"\n[kx1_seed] FD vs exact at radius 1e-6: {err:.1e}")
@@ -415,7 +416,7 @@ def test_finite_difference_formula_on_supernet_at_small_radius():
 @pytest.mark.parametrize("k", [1, 2], ids=["K1", "K2"])
 def test_exact_on_user_pytrees_matches_autograd_reference(k):
     loss_fn, weights, alphas, momentum, train, valid = user_problem(k=k)
-    g, (val_loss, aux) = H.exact(loss_fn, weights, alphas, momentum, train, valid, **hyper_kwargs(k))
+    g, (val_loss, aux) = H.exact(loss_fn, weights, alphas, SGDState(momentum), train, valid, **hyper_kwargs(k))
     ref, ref_loss = autograd_hypergrad(
         loss_fn, weights, alphas, momentum, train, valid, xi=XI, momentum_coef=MOMENTUM, weight_decay=WD
     )
@@ -425,6 +426,34 @@ def test_exact_on_user_pytrees_matches_autograd_reference(k):
     assert err < REF_RTOL[F64]
     assert float(val_loss) == pytest.approx(float(ref_loss), rel=1e-12)
     assert set(aux) == {"logits"} and aux["logits"].shape == (8, 3)
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["K1", "K2"])
+def test_virtual_step_is_the_weight_optimisers_own_update(k):
+    """Any bound optimiser is the virtual step: Adam here, against central differences of the
+    unrolled objective written with ``torch.autograd`` inner gradients and Adam's rule by hand."""
+    loss_fn, weights, alphas, _, train, valid = user_problem(k=k)
+    b1, b2, eps, wd, xi = 0.5, 0.999, 1e-8, 1e-2, 0.05
+    opt = adam(betas=(b1, b2), eps=eps, weight_decay=wd)
+    g, _ = H.exact(loss_fn, weights, alphas, opt.init(weights), train, valid, xi=xi, optimizer=opt, unroll_steps=k)
+
+    def objective(a):
+        w = [x.clone() for x in leaves(weights)]
+        mu, nu = [torch.zeros_like(x) for x in w], [torch.zeros_like(x) for x in w]
+        for t, batch in enumerate(train[:k], start=1):
+            wr = [x.detach().requires_grad_(True) for x in w]
+            grads = torch.autograd.grad(loss_fn(unflatten(weights, wr), a, batch)[0], wr)
+            d = [gi + wd * x for gi, x in zip(grads, w)]
+            mu = [b1 * m + (1 - b1) * di for m, di in zip(mu, d)]
+            nu = [b2 * v + (1 - b2) * di * di for v, di in zip(nu, d)]
+            w = [x - xi * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps) for x, m, v in zip(w, mu, nu)]
+        return float(loss_fn(unflatten(weights, w), a, valid)[0])
+
+    cd = central_difference(objective, alphas, CD_STEP[F64])
+    assert rel_err(g, cd) < CD_RTOL[F64], rel_err(g, cd)
+    g_sgd, _ = H.exact(loss_fn, weights, alphas, SGDState(T.zeros_like(weights)), train, valid, xi=xi,
+                       unroll_steps=k)
+    assert rel_err(g, g_sgd) > 1e-3  # the optimiser really changes the hypergradient
 
 
 # --- 6: BatchNorm statistics do not leak; search_step is pure -----------------------------------
@@ -475,14 +504,14 @@ def test_finite_difference_rejects_unrolling():
     p = supernet_problem("kx1_no_maxpool", k=2)
     with pytest.raises(ValueError, match="unroll_steps"):
         H.finite_difference(
-            p.loss_fn, p.weights, p.alphas, p.momentum, p.train_batches, p.valid_batch, **hyper_kwargs(2)
+            p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), p.train_batches, p.valid_batch, **hyper_kwargs(2)
         )
 
 
 def test_exact_rejects_too_few_batches():
     p = supernet_problem("kx1_no_maxpool", k=2)
     with pytest.raises(ValueError, match="needs 3 training batches, got 2"):
-        H.exact(p.loss_fn, p.weights, p.alphas, p.momentum, p.train_batches, p.valid_batch, **hyper_kwargs(3))
+        H.exact(p.loss_fn, p.weights, p.alphas, SGDState(p.momentum), p.train_batches, p.valid_batch, **hyper_kwargs(3))
 
 
 @pytest.mark.parametrize("hypergrad", ["first_order", "finite_difference"])
@@ -510,12 +539,12 @@ def test_exact_forward_over_reverse_equals_nested_reverse(dtype, tol):
     def loss_fn(w, a, b):
         return supernet_loss(w, a, state.stats, b, cfg=cfg)
 
-    kw = dict(xi=0.1, momentum_coef=0.9, weight_decay=3e-2)
-    fwd, (lf, _) = H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="forward", **kw)
-    rev, (lr_, _) = H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="reverse", **kw)
+    kw = dict(xi=0.1, optimizer=sgd(momentum=0.9, weight_decay=3e-2))
+    fwd, (lf, _) = H.exact(loss_fn, state.weights, state.alphas, SGDState(momentum), train, valid, hvp="forward", **kw)
+    rev, (lr_, _) = H.exact(loss_fn, state.weights, state.alphas, SGDState(momentum), train, valid, hvp="reverse", **kw)
     for kind in ("normal", "reduce"):
         err = (fwd[kind] - rev[kind]).norm() / rev[kind].norm()
         assert err < tol, (kind, float(err))
     assert torch.allclose(lf, lr_)
     with pytest.raises(ValueError, match="hvp must be"):
-        H.exact(loss_fn, state.weights, state.alphas, momentum, train, valid, hvp="sideways")
+        H.exact(loss_fn, state.weights, state.alphas, SGDState(momentum), train, valid, hvp="sideways")

@@ -1,4 +1,4 @@
-"""Tests for fnas.optim: the pure optimisers against torch.optim, clipping, the cosine schedule."""
+"""Tests for fnas.core.optim: the bound optimiser transformations against torch.optim, clipping, the cosine schedule."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fnas.core import tree
-from fnas.core.optim import adam_init, adam_update, clip_by_global_norm, cosine_lr, sgd_init, sgd_update
+from fnas.core.optim import adam, clip_by_global_norm, cosine_lr, sgd
 
 F64 = torch.float64
 TOL64 = dict(rtol=1e-12, atol=1e-12)
@@ -47,19 +47,21 @@ def test_sgd_update_matches_torch_sgd(momentum, weight_decay):
     expected = _torch_run(
         lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum, weight_decay=weight_decay), params, steps=3
     )
-    state = sgd_init(params)
+    opt = sgd(momentum=momentum, weight_decay=weight_decay)
+    state = opt.init(params)
     p = params
     for step in range(3):
-        p, state = sgd_update(_grads(step), state, p, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        p, state = opt.update(_grads(step), state, p, lr=lr)
     for got, want in zip(tree.leaves(p), expected):
         torch.testing.assert_close(got, want, **TOL64)
 
 
 def test_sgd_update_is_pure_and_accepts_tensor_lr():
     params = _params()
-    state = sgd_init(params)
+    opt = sgd(momentum=0.9, weight_decay=1e-3)
+    state = opt.init(params)
     p0, s0, g0 = tree.clone(params), tree.clone(state), tree.clone(_grads(0))
-    new_p, new_s = sgd_update(g0, state, params, lr=torch.tensor(0.1, dtype=F64), momentum=0.9, weight_decay=1e-3)
+    new_p, new_s = opt.update(g0, state, params, lr=torch.tensor(0.1, dtype=F64))
     assert tree.all_equal(params, p0) and tree.all_equal(state, s0)
     assert not tree.all_equal(new_p, params)
     # First step: the buffer is g + wd * w (torch's "buf = d_p" on the first step).
@@ -78,10 +80,11 @@ def test_adam_update_matches_torch_adam(betas, weight_decay):
         params,
         steps=3,
     )
-    state = adam_init(params)
+    opt = adam(betas=betas, weight_decay=weight_decay)
+    state = opt.init(params)
     p = params
     for step in range(3):
-        p, state = adam_update(_grads(step), state, p, lr=lr, betas=betas, weight_decay=weight_decay)
+        p, state = opt.update(_grads(step), state, p, lr=lr)
     assert int(state.count) == 3 and state.count.ndim == 0
     for got, want in zip(tree.leaves(p), expected):
         torch.testing.assert_close(got, want, **TOL64)
@@ -89,10 +92,39 @@ def test_adam_update_matches_torch_adam(betas, weight_decay):
 
 def test_adam_update_is_pure():
     params = _params()
-    state = adam_init(params)
+    opt = adam(betas=(0.5, 0.999), weight_decay=1e-3)
+    state = opt.init(params)
     p0, s0 = tree.clone(params), tree.clone(state)
-    adam_update(_grads(0), state, params, lr=0.1, betas=(0.5, 0.999), weight_decay=1e-3)
+    opt.update(_grads(0), state, params, lr=0.1)
     assert tree.all_equal(params, p0) and tree.all_equal(state, s0)
+
+
+@pytest.mark.parametrize("weight_decay", [pytest.param(0.0, id="no-wd"), pytest.param(0.1, id="wd")])
+def test_sgd_nesterov_matches_torch_sgd(weight_decay):
+    lr = 0.05
+    params = _params()
+    expected = _torch_run(
+        lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True), params, steps=3
+    )
+    opt = sgd(momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    state, p = opt.init(params), params
+    for step in range(3):
+        p, state = opt.update(_grads(step), state, p, lr=lr)
+    for got, want in zip(tree.leaves(p), expected):
+        torch.testing.assert_close(got, want, **TOL64)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        pytest.param(lambda: sgd(momentum=-0.1), "momentum >= 0", id="sgd-momentum"),
+        pytest.param(lambda: sgd(nesterov=True), "needs momentum > 0", id="sgd-nesterov"),
+        pytest.param(lambda: adam(betas=(1.0, 0.999)), "betas in", id="adam-betas"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_binding(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 @pytest.mark.parametrize("max_norm", [pytest.param(0.5, id="clips"), pytest.param(1e6, id="no-op")])

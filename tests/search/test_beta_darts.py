@@ -14,8 +14,17 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from fnas.core import hypergrad
 from fnas.core import tree
 from fnas.search.config import SearchConfig
-from fnas.core.optim import adam_update
-from fnas.search.loop import arch_step, beta_decay, beta_decay_grad, beta_schedule, init_search, search_step, supernet_loss
+from fnas.search import (
+    arch_optimizer,
+    arch_step,
+    beta_decay,
+    beta_decay_grad,
+    beta_schedule,
+    init_search,
+    search_step,
+    supernet_loss,
+    weight_optimizer,
+)
 
 from conftest import make_batch, make_gen, tiny_search, tol
 
@@ -62,15 +71,13 @@ def test_arch_step_adds_the_beta_gradient_to_the_alpha_gradient() -> None:
 
     g_val, _ = hypergrad.get("first_order")(
         lambda w, a, b: supernet_loss(w, a, state.stats, b, cfg=cfg),
-        state.weights, state.alphas, state.w_opt.momentum, train, valid,
-        xi=0.0, momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay,
+        state.weights, state.alphas, state.w_opt, train, valid,
+        xi=0.0, optimizer=weight_optimizer(cfg),
     )  # fmt: skip
     leaves = {k: a.clone().requires_grad_(True) for k, a in state.alphas.items()}
     g_beta = torch.autograd.grad(20.0 * 3 / 4 * _formula(leaves), [leaves["normal"], leaves["reduce"]])
     g = {"normal": g_val["normal"] + g_beta[0], "reduce": g_val["reduce"] + g_beta[1]}
-    alphas, _ = adam_update(
-        g, state.a_opt, state.alphas, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
-    )
+    alphas, _ = arch_optimizer(cfg).update(g, state.a_opt, state.alphas, lr=cfg.arch_lr)
     for kind in alphas:
         torch.testing.assert_close(new.alphas[kind], alphas[kind])
     torch.testing.assert_close(metrics["beta_loss"], 15.0 * _formula(state.alphas))
@@ -87,12 +94,10 @@ def test_beta_off_by_default_changes_nothing() -> None:
     # the same step by hand, without any regulariser: bitwise equal
     g_val, _ = hypergrad.get("first_order")(
         lambda w, a, b: supernet_loss(w, a, state.stats, b, cfg=cfg),
-        state.weights, state.alphas, state.w_opt.momentum, train, valid,
-        xi=0.0, momentum_coef=cfg.momentum, weight_decay=cfg.weight_decay,
+        state.weights, state.alphas, state.w_opt, train, valid,
+        xi=0.0, optimizer=weight_optimizer(cfg),
     )  # fmt: skip
-    alphas, a_opt = adam_update(
-        g_val, state.a_opt, state.alphas, lr=cfg.arch_lr, betas=cfg.arch_betas, weight_decay=cfg.arch_weight_decay
-    )
+    alphas, a_opt = arch_optimizer(cfg).update(g_val, state.a_opt, state.alphas, lr=cfg.arch_lr)
     assert tree.all_equal(new.alphas, alphas) and tree.all_equal(new.a_opt, a_opt)
     on, on_metrics = search_step(state, train, valid, cfg=cfg.replace(beta_weight=10.0))
     assert "beta_loss" in on_metrics and not tree.all_equal(on.alphas, new.alphas)

@@ -11,7 +11,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from fnas.core import tree
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.search.loop import (
+from fnas.search import (
     compile_search_step,
     init_search,
     run_search,
@@ -96,13 +96,13 @@ def test_compiled_step_returns_the_state_in_the_layouts_it_was_given():
 
 
 def test_unaliased_copies_a_tensor_that_sits_at_several_leaves():
-    from fnas.search.loop import _unaliased
+    from fnas.search.compile import unaliased
 
     cfg = SearchConfig(space=TINY)
     state = init_search(cfg, torch.Generator().manual_seed(0))
     shared = torch.arange(4.0)
     stats = {"a": {"m": shared}, "b": {"m": shared}, "c": {"m": torch.zeros(4)}}
-    out = _unaliased(state._replace(stats=stats))
+    out = unaliased(state._replace(stats=stats))
     assert out.stats["a"]["m"] is shared  # the first stays as it is
     assert out.stats["b"]["m"] is not shared and torch.equal(out.stats["b"]["m"], shared)
     assert out.stats["c"]["m"] is stats["c"]["m"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fnas.core import tree
 from fnas.spaces.cell.genotype import genotype_to_dict, Genotype_CNN, validate_genotype
 from fnas.spaces.cell.network import NetworkCnn
-from fnas.search.loop import (
+from fnas.search import (
     SearchState,
     arch_step,
     check_batch,
@@ -240,8 +240,9 @@ def test_warmup_keeps_alphas_fixed():
 def test_run_search_end_to_end():
     cfg = tiny_search()
     epochs_seen = []
+    # selection="alphas" (DARTS' argmax, not the default): the epoch records hold the argmax genotype
     result = run_search(cfg, _loader(cfg, 8, 0), _loader(cfg, 4, 1), epochs=2, gen=make_gen(0), progress=False,
-                        on_epoch=lambda epoch, state, record: epochs_seen.append(epoch))
+                        on_epoch=lambda epoch, state, record: epochs_seen.append(epoch), selection="alphas")
     assert isinstance(result.genotype, Genotype_CNN)
     validate_genotype(result.genotype, nodes=cfg.space.nodes, multiplier=cfg.space.multiplier)
     assert len(result.alpha_history) == 2 and len(result.history) == 2 and epochs_seen == [0, 1]
@@ -283,6 +284,6 @@ def test_run_search_never_returns_an_over_budget_genotype():
     state = state._replace(alphas={k: a + favour for k, a in state.alphas.items()})
     with pytest.warns(UserWarning, match="missed its budget"):
         result = run_search(cfg, _loader(cfg, 8, 0), _loader(cfg, 8, 1), epochs=1, gen=make_gen(0),
-                            progress=False, state=state)
+                            progress=False, state=state, selection="alphas")  # the argmax, not the default
     assert genotype_cost(result.genotype, space).params <= budget
     assert result.budget_misses == []

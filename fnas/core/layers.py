@@ -11,15 +11,23 @@ pooling windows become ``(s, 1)`` and ``(k, 1)``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # collectives imports this module's BN constants; layers needs Sync only as a type
-    from fnas.core.collectives import Sync
-
 Tensor = torch.Tensor
+
+
+class Sync(Protocol):
+    """What training-mode BatchNorm needs from a data-parallel context (:class:`fnas.core.collectives.Sync`).
+
+    Declared here so that layers imports nothing of collectives (which imports this module).
+    """
+
+    def batch_norm(
+        self, x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 BN_MOMENTUM = 0.1  # torch.nn.BatchNorm default, as in DARTS
 BN_EPS = 1e-5

@@ -10,6 +10,9 @@ from fnas.cost.tables import CellTable, per_space, tables
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.genotype import Genotype_CNN
 from fnas.spaces.cell.topology import concat_range, edge_row, space_of
+from fnas.cost.chain import chain_of, check_chain_budget
+from fnas.spaces.chain import max_cost as chain_max_cost
+from fnas.spaces.chain import min_cost as chain_min_cost
 
 __all__ = ["budget_misses", "check_budget", "input_maps", "max_cost", "min_cost", "node_peak"]
 
@@ -89,6 +92,8 @@ def min_cost(cfg: SpaceConfig | Any, metric: Metric) -> int:
     Raises:
         ValueError: unknown metric.
     """
+    if chain_of(cfg) is not None:
+        return chain_min_cost(chain_of(cfg), metric)
     check_metric(metric)
     return _extreme(space_of(cfg), metric, "min")
 
@@ -99,6 +104,8 @@ def max_cost(cfg: SpaceConfig | Any, metric: Metric) -> int:
     Raises:
         ValueError: unknown metric.
     """
+    if chain_of(cfg) is not None:
+        return chain_max_cost(chain_of(cfg), metric)
     check_metric(metric)
     return _extreme(space_of(cfg), metric, "max")
 
@@ -122,6 +129,9 @@ def check_budget(
     Raises:
         ValueError: naming the minimum achievable and how to fix the budget or the space.
     """
+    if chain_of(cfg) is not None:
+        budgets = {"params": max_params, "macs": max_macs, "sram": max_sram_bytes}
+        return check_chain_budget(chain_of(cfg), budgets, sram_bytes_per_elem)
     space = space_of(cfg)
     if sram_bytes_per_elem not in (1, 2, 4, 8):
         raise ValueError(f"sram_bytes_per_elem must be 1, 2, 4 or 8, got {sram_bytes_per_elem!r}")

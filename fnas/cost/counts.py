@@ -19,6 +19,8 @@ from fnas.spaces.cell.genotype import Genotype_CNN, validate_genotype
 from fnas.spaces.cell.topology import cell_plan, space_of
 from fnas.spaces.primitives import OpCost, Primitive, out_grid
 from fnas.spaces.primitives.modules import FunctionalOp
+from fnas.cost.chain import chain_of
+from fnas.spaces.chain import genotype_cost as chain_genotype_cost
 
 __all__ = [
     "METRICS",
@@ -206,6 +208,9 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
         Liberis, Dudziak, Lane. muNAS: Constrained Neural Architecture Search for Microcontrollers.
         EuroMLSys 2021 (peak memory usage of an execution schedule).
     """
+    chain = chain_of(cfg)
+    if chain is not None:
+        return chain_genotype_cost(genotype, chain)
     space = space_of(cfg)
     validate_genotype(genotype, nodes=space.nodes, multiplier=space.multiplier)
     kx1 = space.is_1d

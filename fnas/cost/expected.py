@@ -11,6 +11,8 @@ from fnas.cost.tables import Tables, tables
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.genotype import pick_mask
 from fnas.spaces.cell.topology import node_rows, space_of
+from fnas.cost.chain import chain_of
+from fnas.spaces.chain import expected_cost as chain_expected_cost
 
 __all__ = ["Estimator", "check_alphas", "expected_cost"]
 
@@ -140,6 +142,9 @@ def expected_cost(
         Wu et al. FBNet: Hardware-Aware Efficient ConvNet Design via Differentiable NAS. CVPR 2019.
         Cai, Zhu, Han. ProxylessNAS: Direct Neural Architecture Search on Target Task and Hardware. ICLR 2019.
     """
+    chain = chain_of(cfg)
+    if chain is not None:  # one estimator: the chain's widths and ops are independent per block
+        return chain_expected_cost(alphas, chain, metric=metric, sram_tau=sram_tau, straight_through=straight_through)
     space = space_of(cfg)
     check_metric(metric)
     if estimator not in ("genotype", "supernet"):

@@ -13,6 +13,8 @@ from fnas.cost.tables import Tables, tables
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.genotype import Genotype_CNN, derive_from_scores, derive_genotype
 from fnas.spaces.cell.topology import concat_range, edge_row, space_of
+from fnas.cost.chain import chain_of
+from fnas.spaces.chain import derive_within_budget as chain_derive
 
 __all__ = ["Partial", "derive_within_budget", "knapsack", "pareto"]
 
@@ -143,6 +145,13 @@ def derive_within_budget(
     References:
         Sinha, Zoltners. The Multiple-Choice Knapsack Problem. Operations Research 27(3), 1979.
     """
+    chain = chain_of(cfg)
+    if chain is not None:
+        given = {"params": max_params, "macs": max_macs, "sram": max_sram_bytes}
+        defaults = getattr(cfg, "budgets", None) or {}
+        budgets = {m: given[m] if given[m] is not None else defaults.get(m) for m in given}
+        return chain_derive(scores if scores is not None else alphas, chain, budgets,
+                            from_scores=scores is not None, sram_bytes_per_elem=sram_bytes_per_elem)
     space = space_of(cfg)
     given = {"params": max_params, "macs": max_macs, "sram": max_sram_bytes}
     budgets = dict(getattr(cfg, "budgets", None) or dict.fromkeys(METRICS))

@@ -10,6 +10,7 @@ from fnas.cost.budget import max_cost
 from fnas.cost.expected import Estimator, expected_cost
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.topology import space_of
+from fnas.cost.chain import chain_of
 
 __all__ = ["parse_mode", "penalty"]
 
@@ -149,7 +150,7 @@ def penalty(
         Bengio, Leonard, Courville. Estimating or Propagating Gradients Through Stochastic Neurons
         for Conditional Computation. arXiv:1308.3432, 2013 (straight-through estimator).
     """
-    space = space_of(cfg)
+    space = chain_of(cfg) or space_of(cfg)
     metrics = parse_mode(mode)
     budgets = _parse_budget(budget, metrics, mode)
     if not 0 < margin < 1:

@@ -12,6 +12,7 @@ from typing import Literal
 from fnas.cost import parse_mode
 from fnas.search.defaults import DEFAULTS as D
 from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.chain import ChainSpaceConfig
 
 HYPERGRADS = ("first_order", "exact", "finite_difference")
 
@@ -24,7 +25,7 @@ class SearchConfig:
     which differ from DARTS (Liu et al. 2019) and why.
     """
 
-    space: SpaceConfig = field(default_factory=SpaceConfig)
+    space: SpaceConfig | ChainSpaceConfig = field(default_factory=SpaceConfig)
     lr: float = D["lr"]  # weight SGD, cosine-annealed to lr_min over total_steps
     lr_min: float = D["lr_min"]
     momentum: float = D["momentum"]
@@ -52,8 +53,11 @@ class SearchConfig:
     beta_weight: float = D["beta_weight"]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.space, SpaceConfig):
-            raise ValueError(f"SearchConfig.space must be a SpaceConfig, got {type(self.space).__name__}")
+        if not isinstance(self.space, (SpaceConfig, ChainSpaceConfig)):
+            raise ValueError(
+                f"SearchConfig.space must be a SpaceConfig (DARTS cells) or a ChainSpaceConfig (a chain of conv "
+                f"blocks), got {type(self.space).__name__}"
+            )
         if self.hypergrad not in HYPERGRADS:
             raise ValueError(f"Unknown hypergrad {self.hypergrad!r}; expected one of {list(HYPERGRADS)}")
         for name in ("lr", "lr_min", "momentum", "weight_decay", "grad_clip", "arch_lr", "arch_weight_decay"):

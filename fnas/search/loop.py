@@ -25,8 +25,6 @@ from fnas.search.defaults import DEFAULTS
 from fnas.search.selection import perturbation_scores, select_by_perturbation
 from fnas.search.state import SearchState, init_search, state_from_dict
 from fnas.search.step import search_step, weight_step
-from fnas.spaces.cell.genotype import derive_genotype, genotype_to_dict
-from fnas.spaces.cell.network import NetworkCnn
 
 Tensor = torch.Tensor
 SELECTIONS = ("alphas", "perturbation")
@@ -310,8 +308,8 @@ class _Run:
         if bar is not None:
             bar.close()
         record = self.log.means()
-        genotype = derive_genotype(self.state.alphas, self.cfg.space)
-        record.update(epoch=epoch, step=int(self.state.step), genotype=genotype_to_dict(genotype))
+        genotype = self.cfg.space.derive(self.state.alphas)
+        record.update(epoch=epoch, step=int(self.state.step), genotype=self.cfg.space.genotype_to_dict(genotype))
         self.log.history.append(record)
         self.log.alpha_history.append({k: torch.softmax(a.detach().cpu(), -1) for k, a in self.state.alphas.items()})
         self.log.new_epoch()
@@ -403,8 +401,8 @@ def select_genotype(state: SearchState, cfg: SearchConfig, valid_loader, selecti
                                      selection_batches(valid_loader, n, device), cfg=cfg)
         first = select_by_perturbation(scores, cfg)
     else:
-        scores, first = None, derive_genotype(state.alphas, cfg.space)
-    misses = over_budget(first, cfg)
+        scores, first = None, cfg.space.derive(state.alphas)
+    misses = cost.budget_misses(first, cfg)
     if not misses:
         return first, []
     return cost.derive_within_budget(state.alphas, cfg, scores=scores), misses
@@ -412,28 +410,9 @@ def select_genotype(state: SearchState, cfg: SearchConfig, valid_loader, selecti
 
 def over_budget(genotype, cfg: SearchConfig) -> list[str]:
     """How the genotype's exact cost exceeds each budget, e.g. ``"params 5,210 > 5,000 (+4.2%)"``."""
-    exact = cost.genotype_cost(genotype, cfg)
-    actual = {"params": exact.params, "macs": exact.macs, "sram": exact.peak_sram_bytes_int8}
-    return [
-        f"{metric} {actual[metric]:,} > {int(budget):,} (+{100 * (actual[metric] / budget - 1):.1f}%)"
-        for metric, budget in cfg.budgets.items()
-        if budget is not None and actual[metric] > budget
-    ]
+    return cost.budget_misses(genotype, cfg)
 
 
-def _network(genotype, cfg: SearchConfig, gen: torch.Generator) -> NetworkCnn:
+def _network(genotype, cfg: SearchConfig, gen: torch.Generator) -> torch.nn.Module:
     """A freshly initialised network of ``genotype`` in ``cfg``'s space (weights from ``gen``)."""
-    space = cfg.space
-    return NetworkCnn(
-        space.C,
-        space.num_classes,
-        space.layers,
-        genotype,
-        space.in_channels,
-        space.with_input_batchnorm,
-        space.nodes,
-        space.multiplier,
-        space.stem_multiplier,
-        gen=gen,
-        kx1=space.is_1d,
-    )
+    return cfg.space.network(genotype, gen=gen)

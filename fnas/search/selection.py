@@ -21,6 +21,9 @@ import torch.nn.functional as F
 
 from fnas.spaces.cell.genotype import Genotype_CNN, derive_from_scores, validate_genotype
 from fnas.spaces.cell.supernet import apply_supernet, space_of
+from fnas.spaces.chain import ChainSpec
+
+CHAIN_TOP = 4  # chain blocks: ops measured per block (the strongest by alpha)
 
 Tensor = torch.Tensor
 
@@ -41,18 +44,16 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
         ``{"normal", "reduce"}``: ``(num_edges, num_primitives)`` float64 tensors; ``-inf`` for
         ``none`` (never picked).
     """
-    space = space_of(cfg)
     batches = [(x, y) for x, y in batches]
     if not batches:
         raise ValueError("perturbation_scores needs at least one validation batch")
+    chain = getattr(cfg, "space", cfg)
+    if isinstance(chain, ChainSpec):
+        return _chain_scores(weights, alphas, stats, batches, chain)
+    space = space_of(cfg)
 
     def loss(a: dict) -> float:
-        total, n = 0.0, 0
-        for x, y in batches:
-            logits, _ = apply_supernet(weights, a, stats, x, cfg=space, train=True)
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += y.shape[0]
-        return total / n
+        return _mean_loss(lambda x: apply_supernet(weights, a, stats, x, cfg=space, train=True)[0], batches)
 
     base = loss(alphas)
     scores = {}
@@ -71,11 +72,49 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
     return scores
 
 
+def _mean_loss(logits_of, batches: list) -> float:
+    """Mean cross-entropy of ``logits_of(x)`` over the batches."""
+    total, n = 0.0, 0
+    for x, y in batches:
+        total += float(F.cross_entropy(logits_of(x), y, reduction="sum"))
+        n += y.shape[0]
+    return total / n
+
+
+def _chain_scores(weights: dict, alphas: dict, stats: dict, batches: list, space: ChainSpec) -> dict[str, Tensor]:
+    """The chain space's scores: per block, the rise of the loss when each op is masked.
+
+    Only the block's ``CHAIN_TOP`` strongest ops by alpha are measured (the others score ``-inf``):
+    a chain block has up to 25 candidates, and the weak ones are never the pick. Width scores are
+    the width alphas (under the "fill" width policy, widths are set by the budget anyway).
+    """
+
+    def loss(a: dict) -> float:
+        return _mean_loss(lambda x: space.apply(weights, a, stats, x, train=True)[0], batches)
+
+    base = loss(alphas)
+    scores = {}
+    for b in range(space.num_blocks):
+        key = f"b{b}_op"
+        s = torch.full(tuple(alphas[key].shape), float("-inf"), dtype=torch.float64)
+        for k in torch.topk(alphas[key].detach(), min(CHAIN_TOP, alphas[key].numel())).indices.tolist():
+            a = alphas[key].clone()
+            a[k] = float("-inf")
+            s[k] = loss({**alphas, key: a}) - base
+        scores[key] = s
+        scores[f"b{b}_width"] = alphas[f"b{b}_width"].detach().double()
+    return scores
+
+
 def select_by_perturbation(scores: dict[str, Tensor], cfg) -> Genotype_CNN:
     """Per node, the (edge, op) pair with the largest score (ties: lower input, then earlier op).
 
-    :func:`fnas.spaces.cell.genotype.derive_from_scores`, validated against the space.
+    :func:`fnas.spaces.cell.genotype.derive_from_scores`, validated against the space. In the chain
+    space: per block the op with the largest score.
     """
+    chain = getattr(cfg, "space", cfg)
+    if isinstance(chain, ChainSpec):
+        return chain.derive(scores)
     space = space_of(cfg)
     genotype = derive_from_scores(scores, space)
     validate_genotype(genotype, nodes=space.nodes, multiplier=space.multiplier)

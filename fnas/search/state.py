@@ -9,7 +9,6 @@ import torch
 from fnas.core import tree
 from fnas.core.optim import AdamState, SGDState, Transformation, adam, sgd
 from fnas.search.config import SearchConfig
-from fnas.spaces.cell.supernet import init_supernet
 
 Tensor = torch.Tensor
 
@@ -37,7 +36,7 @@ def arch_optimizer(cfg: SearchConfig) -> Transformation:
 
 def init_search(cfg: SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32) -> SearchState:
     """A fresh search state: supernet init from ``gen``, zero optimiser states, step 0."""
-    weights, alphas, stats = init_supernet(cfg, gen, dtype=dtype)
+    weights, alphas, stats = cfg.space.init(gen, dtype=dtype)
     return SearchState(
         weights,
         alphas,

@@ -21,7 +21,6 @@ from fnas.core.collectives import Sync
 from fnas.core.optim import clip_by_global_norm, cosine_lr
 from fnas.search.config import SearchConfig
 from fnas.search.state import SearchState, arch_optimizer, weight_optimizer
-from fnas.spaces.cell.supernet import apply_supernet
 
 Tensor = torch.Tensor
 Batch = tuple[Tensor, Tensor]
@@ -41,12 +40,10 @@ def supernet_loss(
     Returns:
         ``(loss, (new_stats, correct))`` where ``correct`` counts right top-1 predictions.
     """
-    extra = {}
     if sync is not None:
         weights, alphas = sync.sync_grads(weights), sync.sync_grads(alphas)
-        extra["sync"] = sync  # only then: the spaces' apply functions take ``sync`` from their next version on
     x, y = batch
-    logits, new_stats = apply_supernet(weights, alphas, stats, x, cfg=cfg, train=train, **extra)
+    logits, new_stats = cfg.space.apply(weights, alphas, stats, x, train=train, sync=sync)
     loss = F.cross_entropy(logits, y)
     correct = (logits.argmax(-1) == y).sum()
     return loss, (new_stats, correct)

@@ -63,8 +63,9 @@ def _search(watch, **budget):
     assert (start.params, start.macs) == (K.max_cost(SPACE, "params"), K.max_cost(SPACE, "macs"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # misses are asserted on, not warned about
-        result = run_search(
-            cfg, train_loader, valid_loader, epochs=1, gen=gen, progress=False, state=state._replace(alphas=alphas)
+        result = run_search(  # DARTS' argmax selection (not the default): the tests read the plain argmax
+            cfg, train_loader, valid_loader, epochs=1, gen=gen, progress=False, state=state._replace(alphas=alphas),
+            selection="alphas",
         )
     return cfg, result
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from fnas.cost import parse_mode
 from fnas.search.defaults import DEFAULTS as D
+from fnas.search.defaults import penalty_weight_for
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.chain import ChainSpaceConfig
 
@@ -43,7 +44,7 @@ class SearchConfig:
     penalty_mode: str | tuple[str, ...] | None = None
     # With a budget, weight 1 makes the penalty worth one cross-entropy when the derived genotype
     # is exactly at its budget, and 0 while it is under 90% of it (see fnas.cost.penalty for the tuning).
-    penalty_weight: float = D["penalty_weight"]
+    penalty_weight: float | None = None  # None: the space's default (defaults.penalty_weight_for)
     max_params: int | None = None  # budgets; a budget without penalty_mode turns its mode on
     max_macs: int | None = None
     max_sram_bytes: int | None = None
@@ -82,6 +83,8 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{name} must be a positive number or None, got {value!r}")
         if isinstance(self.penalty_mode, list):
             object.__setattr__(self, "penalty_mode", tuple(self.penalty_mode))
+        if self.penalty_weight is None:
+            object.__setattr__(self, "penalty_weight", penalty_weight_for(self.space))
         if not isinstance(self.penalty_weight, (int, float)) or self.penalty_weight < 0:
             raise ValueError(f"SearchConfig.penalty_weight must be >= 0, got {self.penalty_weight!r}")
         if isinstance(self.beta_weight, bool) or not isinstance(self.beta_weight, (int, float)) or not (

@@ -7,6 +7,8 @@ weight decay, arch lr, ...) from ``args``; only what ``args`` leaves out comes f
 
 from __future__ import annotations
 
+from typing import Any
+
 DEFAULTS = {
     # Sized so the default job (search + training on the watch data) takes about 10 minutes on
     # 2 CPU cores; see README.md for the measured time.
@@ -44,6 +46,17 @@ DEFAULTS = {
     # in bench/quality.py; see README. run_search and search_and_get_model use it too (the seed's
     # args have no such field); pass selection="alphas" for DARTS' rule.
     "selection": "perturbation",
+    # The chain space (fnas search's default space): a chain of conv blocks whose maximum widths
+    # are scaled to the budget (fnas.spaces.chain.for_budget). Six blocks (w, 2w, 2w, 2w, 2w, w):
+    # the FCN (w, 2w, w; kernels 8, 5, 3) is a member (identity blocks), and depth is searched.
+    "space": "chain",
+    "chain_widths": (32, 64, 64, 64, 64, 32),
+    # Genotypes are read off the chain's alphas directly (PIT / FBNetV2 read their masks): the
+    # op picks and the budget-filling widths won the probes in docs/chain-space.md.
+    "chain_selection": "alphas",
+    # No resource penalty on chains: the exact knapsack (width policy "fill") meets the budget, and
+    # a hinge on the widest genotype would only push every op towards the cheapest.
+    "chain_penalty_weight": 0.0,
     "train_lr": 0.05,
     "seed": 0,
     # fnas search --checkpoint-every: steps between mid-epoch checkpoints (0: end of epoch only)
@@ -55,3 +68,13 @@ DEFAULTS = {
     "calib_samples": 1000,
     "calib_split": "valid",
 }
+
+
+def selection_for(space: Any) -> str:
+    """The default genotype selection of a space: ``"alphas"`` on chains, ``DEFAULTS["selection"]`` on cells."""
+    return DEFAULTS["chain_selection"] if hasattr(space, "num_blocks") else DEFAULTS["selection"]
+
+
+def penalty_weight_for(space: Any) -> float:
+    """The default resource-penalty weight of a space (0 on chains, see ``chain_penalty_weight``)."""
+    return DEFAULTS["chain_penalty_weight"] if hasattr(space, "num_blocks") else DEFAULTS["penalty_weight"]

@@ -21,7 +21,7 @@ from fnas.core.collectives import Sync, default_sync
 from fnas.search.checkpoint import LoaderPosition, check_resumable, load_checkpoint, save_checkpoint
 from fnas.search.compile import compile_search_step
 from fnas.search.config import SearchConfig
-from fnas.search.defaults import DEFAULTS
+from fnas.search.defaults import selection_for
 from fnas.search.selection import perturbation_scores, select_by_perturbation
 from fnas.search.state import SearchState, init_search, state_from_dict
 from fnas.search.step import search_step, weight_step
@@ -57,7 +57,7 @@ def run_search(
     resume=None,
     state: SearchState | None = None,
     sync: Sync | Literal["auto"] | None = "auto",
-    selection: str = DEFAULTS["selection"],
+    selection: str | None = None,
     selection_samples: int = 256,
 ) -> SearchResult:
     """Search for ``epochs`` epochs over ``train_loader`` (alphas on batches of ``valid_loader``).
@@ -94,8 +94,9 @@ def run_search(
             averaged over the ranks (so all ranks stop together on a non-finite one), and only
             rank 0 writes ``checkpoint``, shows progress and calls ``on_epoch``. Every rank
             returns the same result.
-        selection: how the final genotype is read off the searched supernet: ``"perturbation"``
-            (the default, ``DEFAULTS["selection"]``, which won ``bench/quality.py``: per node the
+        selection: how the final genotype is read off the searched supernet (None: the space's
+            default, :func:`fnas.search.defaults.selection_for`: ``"alphas"`` on chains,
+            ``"perturbation"`` on cells): ``"perturbation"`` (cells: per node the
             (edge, op) whose removal raises the supernet's validation loss most, Wang et al. ICLR
             2021; see :mod:`fnas.search.selection`; with budgets, the best-scoring genotype within
             them) or ``"alphas"`` (DARTS: per node the largest softmax weight).
@@ -114,6 +115,7 @@ def run_search(
         FloatingPointError: a non-finite loss or gradient, naming the step; the last checkpoint
             (written before that step) stays intact.
     """
+    selection = selection_for(cfg.space) if selection is None else selection
     sync = _check_options(sync, compile, selection, selection_samples, epochs, checkpoint_every)
     steps_per_epoch = _check_data(cfg, train_loader, valid_loader, sync)
     cfg = cfg.replace(total_steps=epochs * steps_per_epoch)

@@ -94,3 +94,20 @@ def seed_ops():
     for name in set(O.OPS) - set(before):
         del O.OPS[name]
     O.OPS.update(before)
+
+
+# Tests that run whole jobs (the CLI end to end, bench scripts) or several processes (torchrun,
+# gloo) carry a marker, so a quick local run can leave them out:
+#     pytest -m "not slow and not e2e and not multiprocess"
+# Plain `pytest` (and .ci/run) runs them, as before.
+_E2E_DIRS = ("cli", "bench")
+_MULTIPROCESS_FILES = ("test_distributed.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path
+        if path.name in _MULTIPROCESS_FILES:
+            item.add_marker(pytest.mark.multiprocess)
+        if path.parent.name in _E2E_DIRS:
+            item.add_marker(pytest.mark.e2e)

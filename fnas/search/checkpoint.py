@@ -8,7 +8,7 @@ import torch
 
 from fnas.core import tree
 from fnas.core.io import atomic_torch_save, safe_torch_load
-from fnas.search.state import SearchState, state_to_dict
+from fnas.search.state import insane_leaves, SearchState, state_to_dict
 
 Tensor = torch.Tensor
 
@@ -88,6 +88,9 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically (a crash mid-write leaves the previous one intact).
 
+    A state with non-finite or exploded leaves (:func:`fnas.search.state.insane_leaves`) is never
+    written: the previous checkpoint stays the one to resume from.
+
     Args:
         path: the file.
         state: the search state (copied to the CPU).
@@ -97,6 +100,10 @@ def save_checkpoint(
         gen: the search's generator (it builds the final model).
         log: ``history``, ``alpha_history``, and the running ``sums`` / ``counts`` of the epoch's metrics.
     """
+    insane = insane_leaves(state)
+    if insane:
+        raise FloatingPointError(f"Refusing to checkpoint a diverged state ({', '.join(insane[:4])}); the last "
+                                 "checkpoint is kept")
     atomic_torch_save(path, {
         "format": CHECKPOINT_FORMAT,
         "cfg": cfg_record,

@@ -23,7 +23,7 @@ from fnas.search.compile import compile_search_step
 from fnas.search.config import SearchConfig
 from fnas.search.defaults import selection_for
 from fnas.search.selection import perturbation_scores, select_by_perturbation
-from fnas.search.state import SearchState, init_search, state_from_dict
+from fnas.search.state import insane_leaves, SearchState, init_search, state_from_dict
 from fnas.search.step import search_step, weight_step
 
 Tensor = torch.Tensor
@@ -336,10 +336,15 @@ class _Run:
             metrics = self.sync.mean_metrics(metrics)
         values = {k: float(v) for k, v in metrics.items()}
         bad = {k: v for k, v in values.items() if not _finite(v)}
-        if bad:
+        insane = insane_leaves(new_state)
+        if bad or insane:
+            what = f"Non-finite values at step {int(self.state.step)}" if bad else (
+                f"The search diverged at step {int(self.state.step)}")
+            detail = f"{bad}" if bad else f"the new state has {', '.join(insane[:4])} non-finite or beyond 1e4"
             raise FloatingPointError(
-                f"Non-finite values at step {int(self.state.step)} (epoch {epoch}, batch {i}): {bad}; "
-                "lower lr or arch_lr, or raise grad_clip, and resume from the last checkpoint"
+                f"{what} (epoch {epoch}, batch {i}): {detail}. The "
+                "step was not taken and no checkpoint holds it; resume from the last checkpoint with a lower "
+                "lr or arch_lr (or a lower grad_clip), e.g. `fnas search --resume RUN --lr 0.01`"
             )
         self.state = new_state
         return values

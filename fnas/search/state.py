@@ -88,3 +88,25 @@ def stack_states(states: list[SearchState]) -> SearchState:
 def unstack_state(stacked: SearchState, index: int) -> SearchState:
     """The ``index``-th search of a stacked state."""
     return tree.map(lambda leaf: leaf[index], stacked)
+
+
+PARAM_LIMIT = 1e4  # |weight| or |alpha| beyond this is a divergence, not a network
+
+
+def insane_leaves(state: SearchState) -> list[str]:
+    """Names of the leaves that show a divergence: non-finite anywhere, or a weight or alpha beyond ``PARAM_LIMIT``.
+
+    A diverging search can keep a finite loss for a step or two while BatchNorm running variances
+    are already infinite and weights reach 1e28; checking the metrics alone let such a state into
+    the checkpoint, and resuming from it diverged again. Weights and alphas are bounded too: SGD at
+    lr 0.025 with gradients clipped to norm 5 moves a weight at most 0.125 a step, so 1e4 takes
+    tens of thousands of steps in one direction, while one step at lr 1e6 gets there at once. BN
+    statistics follow the data's scale (a user's unstandardised inputs), so they need only be finite.
+    """
+    out = []
+    for part in ("weights", "alphas", "stats"):
+        limit = float("inf") if part == "stats" else PARAM_LIMIT
+        for name, t in tree.flatten_dict(getattr(state, part)).items():
+            if t.is_floating_point() and not bool((torch.isfinite(t) & (t.abs() <= limit)).all()):
+                out.append(f"{part}.{name}")
+    return out

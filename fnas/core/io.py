@@ -1,18 +1,6 @@
-"""Run folders: atomic writes, checkpoints, config/genotype/metrics files.
+"""Crash-safe files: atomic writes (temporary file, fsync, rename), fsynced JSON lines, safe loads.
 
-Layout of a run folder::
-
-    config.json      everything needed to replay the run (``fnas search --config``)
-    genotype.json    the derived genotype
-    metrics.jsonl    one JSON record per search epoch (losses, accuracies, lr, genotype)
-    alphas.pt        softmax(alphas) per epoch
-    checkpoint.pt    the whole search state (weights, alphas, BN statistics, optimiser states,
-                     step, loader positions and RNG states), written atomically every
-                     --checkpoint-every steps and at the end of every epoch; `fnas search --resume`
-    model.pt         the trained final network's state_dict
-    summary.json     held-out accuracy, parameters, MACs, peak SRAM, wall times
-    plots/*.png      edge weights over the epochs, cell diagrams, loss/accuracy curves
-    model.onnx, model_int8.onnx, export.json   after `fnas export`
+What a run folder holds is :mod:`fnas.app.runs`'s business.
 """
 
 from __future__ import annotations
@@ -32,12 +20,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     Writes a temporary file in the same folder, fsyncs it, then renames it over ``path``.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # an error or Ctrl-C mid-write: no temporary is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -46,6 +39,35 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.NAME.tmpPID`` files that a killed writer of ``path`` left (their process is gone).
+
+    A SIGKILL between writing and renaming leaves the temporary file (a checkpoint's is megabytes);
+    the next write of the same file, from any process, removes those whose writer no longer runs.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

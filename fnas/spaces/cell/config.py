@@ -16,7 +16,7 @@ from fnas.spaces import primitives as P
 from fnas.spaces.cell import genotype as G
 from fnas.spaces.cell.network import NetworkCnn
 from fnas.spaces.cell.supernet import apply_supernet, init_supernet
-from fnas.spaces.cell.topology import check_preprocess, check_reductions, concat_range
+from fnas.spaces.cell.topology import check_preprocess, check_reductions, concat_range, seed_reductions
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class SpaceConfig:
     @property
     def reduction_layers(self) -> tuple[int, ...]:
         """Indices of the reduction cells, sorted: ``reductions``, or the seed's when it is None."""
-        return check_reductions(self.reductions, self.layers, "SpaceConfig")
+        return self.reductions if self.reductions is not None else seed_reductions(self.layers)
 
     def edges(self) -> list[tuple[int, int]]:
         """``(i, j)`` for every edge ``state_i -> node_j``, in alpha-row order (j-major)."""

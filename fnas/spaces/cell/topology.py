@@ -1,4 +1,5 @@
-"""The cell's wiring as index arithmetic: alpha rows of edges, concatenated nodes, widths per cell.
+"""The cell's wiring as index arithmetic: alpha rows of edges, concatenated nodes, widths per cell,
+which cells reduce and which preprocess their input.
 
 Everything that reads alphas, builds cells or counts costs uses these, so the conventions live once.
 """

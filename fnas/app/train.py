@@ -35,6 +35,7 @@ def build_network(space: SpaceConfig, genotype: Genotype_CNN, gen: torch.Generat
         space.C, space.num_classes, space.layers, genotype, space.in_channels, space.with_input_batchnorm,
         space.nodes, space.multiplier, space.stem_multiplier,
         gen=gen or torch.Generator().manual_seed(0), kx1=space.is_1d,
+        reductions=space.reduction_layers, preprocess=space.preprocess,
     )
 
 

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from fnas.spaces import primitives as P
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.spaces.cell.genotype import Genotype_CNN, validate_genotype
-from fnas.spaces.cell.topology import cell_plan, space_of
+from fnas.spaces.cell.topology import cell_plan, preprocesses, space_of
 from fnas.spaces.primitives import OpCost, Primitive, out_grid
 from fnas.spaces.primitives.modules import FunctionalOp
 from fnas.cost.chain import chain_of
@@ -56,8 +56,8 @@ class Cost(NamedTuple):
         peak_sram_bytes_int8: peak live activation elements (1 byte each).
         peak_sram_bytes_f32: the same in float32 (4 bytes each).
         peak_at: the kernel step where the peak occurs (the first, on ties).
-        parts: ``{part: (params, macs)}``: ``input_bn``, ``stem``, ``cells.{l}.pre``,
-            ``cells.{l}.n{j}.{op}``, ``head``.
+        parts: ``{part: (params, macs)}``: ``input_bn``, ``stem``, ``cells.{l}.pre`` (cells
+            that preprocess their input), ``cells.{l}.n{j}.{op}``, ``head``.
         schedule: ``((step, live_elems), ...)`` in execution order.
     """
 
@@ -187,7 +187,8 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
     Peak activation memory is the most elements live at any kernel step of a node-by-node
     inference (int8: 1 byte each, float32: 4). Each kernel step writes a fresh buffer; BN is
     folded into its conv and ReLU into its consumer's read. Steps: the stem (input + output);
-    per cell, the preprocessing (cell input + ``state_0``; then the input is freed), then nodes
+    per cell, the preprocessing if it has one (cell input + ``state_0``; then the input is freed;
+    without one, the input is ``state_0``), then nodes
     ``1..n``, each one step per kernel of its primitive (``OpCost.scratch``) while the states
     still needed later are held, plus its input at the first step if this is its last use. The
     concat is zero-copy (nodes are written into their slices of the cell output, which stays live
@@ -224,9 +225,10 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
         cell = list(genotype.reduce if reduction else genotype.normal)
         concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
         name = f"cells.{layer}"
-        parts[f"{name}.pre"] = conv_parts(c_in, c, 1, shape, kx1)
         sizes, shapes = [c * shape[0] * shape[1]], [shape]  # state_0
-        schedule.append((f"{name}.pre", x_elems + sizes[0]))
+        if preprocesses(space.preprocess, c_in, c):  # else state_0 is the cell input: no step, no part
+            parts[f"{name}.pre"] = conv_parts(c_in, c, 1, shape, kx1)
+            schedule.append((f"{name}.pre", x_elems + sizes[0]))
         last = last_uses([i for _, i in cell], concat)
         for j, (op, i) in enumerate(cell, start=1):
             oc = primitive_cost(op, c, 2 if reduction and i == 0 else 1, shapes[i], kx1=kx1)

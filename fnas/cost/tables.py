@@ -9,7 +9,7 @@ import torch
 
 from fnas.cost.counts import conv_parts, head_parts, primitive_cost, stem_parts
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.topology import cell_plan, concat_range
+from fnas.spaces.cell.topology import cell_plan, concat_range, preprocesses
 from fnas.spaces.primitives import out_grid
 
 __all__ = ["CellTable", "KindTable", "Tables", "per_space", "tables"]
@@ -41,7 +41,7 @@ class CellTable(NamedTuple):
     """One cell's sizes for the SRAM schedule."""
 
     kind: str  # "normal" / "reduce"
-    pre_step: int  # live elements during preprocessing
+    pre_step: int  # live elements during preprocessing; 0: the cell has none (state_0 is its input)
     sizes: tuple[int, ...]  # elements of state_0 .. state_n (the same for every op)
     scratch: list  # [edge row][primitive] -> buffer sizes per kernel step
 
@@ -53,7 +53,7 @@ class KindTable(NamedTuple):
     macs: Tensor  # (E, K)
     sizes: Tensor  # (I, n + 1) elements of state_0 .. state_n
     scratch: Tensor  # (I, E, K, S) primitive buffers per kernel step, zero-padded
-    pre: Tensor  # (I,) live elements during preprocessing
+    pre: Tensor  # (I',) live elements during preprocessing, of the I' <= I cells that preprocess
 
 
 class Tables(NamedTuple):
@@ -84,17 +84,20 @@ def tables(space: SpaceConfig) -> Tables:
     concat = concat_range(n, space.multiplier)
     cells = []
     for reduction, c_in, c in cell_plan(space):
-        pre = conv_parts(c_in, c, 1, shape, kx1)
-        fixed["params"] += pre[0]
-        fixed["macs"] += pre[1]
         node_shape = out_grid(shape, 2 if reduction else 1, kx1)
         sizes = (c * shape[0] * shape[1],) + (c * node_shape[0] * node_shape[1],) * n
+        pre_step = 0
+        if preprocesses(space.preprocess, c_in, c):
+            pre = conv_parts(c_in, c, 1, shape, kx1)
+            fixed["params"] += pre[0]
+            fixed["macs"] += pre[1]
+            pre_step = x_elems + sizes[0]
         costs = [  # [edge row][primitive]; edges leaving a reduction cell's state_0 are strided
             [primitive_cost(op, c, 1 + (reduction and not i), node_shape if i else shape, kx1=kx1) for op in prims]
             for i, _ in edges
         ]
         scratch = [[oc.scratch for oc in row] for row in costs]
-        cells.append((CellTable("reduce" if reduction else "normal", x_elems + sizes[0], sizes, scratch), costs))
+        cells.append((CellTable("reduce" if reduction else "normal", pre_step, sizes, scratch), costs))
         x_elems = sum(sizes[k] for k in concat)
         shape = node_shape
     c_last = space.multiplier * cell_plan(space)[-1][2]
@@ -133,7 +136,7 @@ def _kind_tables(cells: list, num_edges: int, num_prims: int) -> dict[str, KindT
             macs=torch.tensor([[[oc.macs for oc in row] for row in costs] for _, costs in mine], dtype=f64).sum(0),
             sizes=torch.tensor([cell.sizes for cell, _ in mine], dtype=f64),
             scratch=scratch,
-            pre=torch.tensor([cell.pre_step for cell, _ in mine], dtype=f64),
+            pre=torch.tensor([cell.pre_step for cell, _ in mine if cell.pre_step], dtype=f64),
         )
     return kinds
 

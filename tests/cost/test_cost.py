@@ -23,8 +23,22 @@ from fnas.spaces.cell.supernet import cell_plan
 from conftest import tol
 
 KX1_OPS = tuple(sorted(set(P.SEED_KX1) | set(P.KX1_EXTRA)))
+ALL_KX1 = tuple(sorted(set(KX1_OPS) | set(P.KX1_WIDE)))
 KX1_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=KX1_OPS)
 D2_SPACE = dict(C=4, num_classes=5, layers=5, in_channels=3, primitives=P.DARTS_2D)
+
+
+def skeleton(name: str, layers: int) -> dict:
+    """SpaceConfig fields of a cell skeleton: the seed's, the lean one (one late reduction, no 1x1
+    preprocessing where channels match, a C-wide stem), or one without reduction cells."""
+    return {
+        "seed": {},
+        "lean": dict(reductions=(layers - 1,), preprocess="when_needed", stem_multiplier=1),
+        "flat": dict(reductions=(), preprocess="when_needed"),
+    }[name]
+
+
+SKELETONS = ["seed", "lean", "flat"]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # conftest.py: tiny tensors, one thread
@@ -43,6 +57,8 @@ def _measure(genotype: Genotype_CNN, space: SpaceConfig) -> tuple[int, int]:
         multiplier=space.multiplier,
         stem_multiplier=space.stem_multiplier,
         gen=torch.Generator().manual_seed(0),
+        reductions=space.reduction_layers,
+        preprocess=space.preprocess,
     )
     x = torch.zeros(1, space.in_channels, *space.input_shape)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -106,10 +122,11 @@ def _alphas_for(genotype: Genotype_CNN, space: SpaceConfig, scale: float, rest: 
 # ------------------------------------------------------------------- exact params and MACs
 
 
+@pytest.mark.parametrize("skel", SKELETONS)
 @pytest.mark.parametrize("T", [13, 16], ids=["T13", "T16"])
-@pytest.mark.parametrize("op", KX1_OPS)
-def test_kx1_primitive_matches_network(op: str, T: int) -> None:
-    space = SpaceConfig(input_shape=(T, 1), **KX1_SPACE)
+@pytest.mark.parametrize("op", ALL_KX1)
+def test_kx1_primitive_matches_network(op: str, T: int, skel: str) -> None:
+    space = SpaceConfig(input_shape=(T, 1), **{**KX1_SPACE, "primitives": ALL_KX1, **skeleton(skel, 5)})
     genotype = _every_node(op, space)
     cost = K.genotype_cost(genotype, space)
     assert (cost.params, cost.macs) == _measure(genotype, space)
@@ -135,12 +152,15 @@ def test_seed_genotype_matches_network(T: int) -> None:
     assert cost.peak_sram_bytes_f32 == 4 * cost.peak_sram_bytes_int8
 
 
+@pytest.mark.parametrize("skel", SKELETONS + ["lean-ops"])
 @pytest.mark.parametrize("seed", range(3))
-def test_random_genotypes_in_other_shapes_match_network(seed: int) -> None:
-    space = SpaceConfig(
-        C=6, num_classes=4, layers=4, in_channels=2, input_shape=(11, 1), nodes=3, multiplier=2,
-        stem_multiplier=2, with_input_batchnorm=False, primitives=KX1_OPS,
-    )  # fmt: skip
+def test_random_genotypes_in_other_shapes_match_network(seed: int, skel: str) -> None:
+    lean_ops = dict(skeleton("lean", 4), primitives=P.LEAN_KX1, multiplier=1)
+    space = SpaceConfig(**{
+        **dict(C=6, num_classes=4, layers=4, in_channels=2, input_shape=(11, 1), nodes=3, multiplier=2,
+               stem_multiplier=2, with_input_batchnorm=False, primitives=KX1_OPS),
+        **(lean_ops if skel == "lean-ops" else skeleton(skel, 4)),
+    })  # fmt: skip
     genotype = _random_genotype(space, torch.Generator().manual_seed(seed))
     cost = K.genotype_cost(genotype, space)
     assert (cost.params, cost.macs) == _measure(genotype, space)
@@ -286,6 +306,49 @@ def test_unused_node_is_freed_at_once() -> None:
     assert steps["cells.0.n2.max_pool_3x1"] == 32 + 16  # s1 already freed; s0 read for the last time
 
 
+def test_peak_sram_by_hand_without_preprocessing() -> None:
+    # SRAM_GENOTYPE's reduce cell as the normal cell of a network without reduction cells: the stem
+    # has the cell's C=2 channels, so state_0 is the stem output itself (18 elements), no 1x1 step.
+    space = SpaceConfig(**{**SRAM_SPACE.__dict__, "reductions": (), "preprocess": "when_needed"})
+    genotype = SRAM_GENOTYPE._replace(normal=SRAM_GENOTYPE.reduce)
+    expected = [
+        ("stem", 9 + 18),
+        ("cells.0.n1.sep_conv_3x1[0]", 18 + 18),  # s0 (node 2 reads it) + dw1 out
+        ("cells.0.n1.sep_conv_3x1[1]", 18 + 18 + 18),
+        ("cells.0.n1.sep_conv_3x1[2]", 18 + 18 + 18),
+        ("cells.0.n1.sep_conv_3x1[3]", 18 + 18 + 18),  # s0 + dw2 out + s1
+        ("cells.0.n2.max_pool_3x1", 18 + 18 + 18),  # s1 (node 3 reads it) + s0 (last use) + s2
+        ("cells.0.n3.skip_connect", 18 + 18 + 18),  # s2 (concatenated) + s1 (last use) + s3
+        ("head.pool", 36 + 4),  # s2|s3 + pooled (2 nodes x 2 channels)
+        ("head.linear", 4 + 3),
+    ]
+    cost = K.genotype_cost(genotype, space)
+    assert list(cost.schedule) == expected
+    assert (cost.peak_sram_bytes_int8, cost.peak_at) == (54, "cells.0.n1.sep_conv_3x1[1]")
+    assert not any(".pre" in part for part in cost.parts)
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "dropped"),
+    [(1, {0, 1, 2}), (2, {0, 3}), (3, {0})],
+    ids=["multiplier1", "multiplier2", "multiplier3"],
+)
+def test_when_needed_drops_exactly_the_preprocessing_where_channels_match(multiplier: int, dropped: set) -> None:
+    # stem_multiplier=1: cell 0 reads C channels; a normal cell reads multiplier * C; the reduction
+    # cell (the last) reads multiplier * C and has width 2 C
+    always = SpaceConfig(C=4, num_classes=3, layers=4, in_channels=2, input_shape=(12, 1), nodes=3,
+                         multiplier=multiplier, stem_multiplier=1, reductions=(3,), primitives=P.LEAN_KX1)
+    lean = SpaceConfig(**{**always.__dict__, "preprocess": "when_needed"})
+    genotype = _random_genotype(lean, torch.Generator().manual_seed(multiplier))
+    full, cut = K.genotype_cost(genotype, always), K.genotype_cost(genotype, lean)
+    dropped = {f"cells.{layer}.pre" for layer in dropped}
+    assert set(full.parts) - set(cut.parts) == dropped and set(cut.parts) <= set(full.parts)
+    assert full.params - cut.params == sum(full.parts[p][0] for p in dropped)
+    assert full.macs - cut.macs == sum(full.parts[p][1] for p in dropped)
+    assert (cut.params, cut.macs) == _measure(genotype, lean)
+    assert [s for s, _ in full.schedule if s not in dict(cut.schedule)] == sorted(dropped)
+
+
 # ------------------------------------------------------------------------- expected cost
 
 
@@ -346,10 +409,12 @@ def test_expected_sram_approaches_and_bounds_genotype_peak() -> None:
         assert exact * (1 - 1e-9) <= smooth <= exact * (1 + 0.01 * math.log(steps))
 
 
-def test_expected_cost_at_uniform_alphas() -> None:
+@pytest.mark.parametrize("skel", SKELETONS)
+def test_expected_cost_at_uniform_alphas(skel: str) -> None:
     primitives = ("none", "max_pool_3x1", "skip_connect", "conv_bn_relu_3x1", "dil_conv_3x1")
     space = SpaceConfig(
-        C=4, num_classes=3, layers=3, in_channels=2, input_shape=(10, 1), nodes=2, multiplier=2, primitives=primitives
+        C=4, num_classes=3, layers=3, in_channels=2, input_shape=(10, 1), nodes=2, multiplier=2, primitives=primitives,
+        **skeleton(skel, 3),
     )
     zeros = {k: torch.zeros(space.num_edges, len(space.primitives), dtype=torch.float64) for k in ("normal", "reduce")}
     genotypes = list(_all_genotypes(space))
@@ -374,6 +439,33 @@ def test_expected_cost_at_uniform_alphas() -> None:
     assert value == pytest.approx(fixed + edges, rel=1e-12)
 
 
+LEAN_SPACES = {
+    name: SpaceConfig(C=8, in_channels=6, input_shape=(31, 1), layers=layers, nodes=3, multiplier=multiplier,
+                      primitives=P.LEAN_KX1, **skeleton(skel, layers))
+    for name, skel, layers, multiplier in (("lean", "lean", 5, 2), ("lean-m1", "lean", 5, 1), ("flat", "flat", 3, 1))
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("name", LEAN_SPACES)
+def test_expected_cost_of_lean_skeletons_approaches_the_exact_cost(name: str, seed: int) -> None:
+    space = LEAN_SPACES[name]
+    genotype = _random_genotype(space, torch.Generator().manual_seed(seed))
+    exact = K.genotype_cost(genotype, space)
+    alphas = _alphas_for(genotype, space, 30.0)
+    for metric in ("params", "macs"):
+        want = getattr(exact, metric)
+        for estimator in ("genotype", "supernet"):
+            value = K.expected_cost(alphas, space, metric=metric, estimator=estimator).item()
+            assert value == pytest.approx(want, rel=1e-6)
+        assert K.expected_cost(alphas, space, metric=metric, straight_through=True).item() == want
+    sharp = K.expected_cost(alphas, space, metric="sram", sram_tau=1e-4).item()
+    assert sharp == pytest.approx(exact.peak_sram_bytes_int8, rel=1e-3)
+    smooth = K.expected_cost(alphas, space, metric="sram").item()
+    peak, steps = exact.peak_sram_bytes_int8, len(exact.schedule)
+    assert peak * (1 - 1e-9) <= smooth <= peak * (1 + 0.01 * math.log(steps))
+
+
 def test_expected_cost_errors() -> None:
     space = SpaceConfig(input_shape=(16, 1), **KX1_SPACE)
     alphas = {k: torch.zeros(space.num_edges, len(space.primitives)) for k in ("normal", "reduce")}
@@ -396,9 +488,10 @@ def test_expected_cost_errors() -> None:
     ],
     ids=["2nodes", "3nodes"],
 )
-def test_min_and_max_cost_are_the_extremes_by_enumeration(nodes: int, primitives: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("skel", SKELETONS)
+def test_min_and_max_cost_are_the_extremes_by_enumeration(nodes: int, primitives: tuple[str, ...], skel: str) -> None:
     space = SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(11, 1), nodes=nodes, multiplier=2,
-                        primitives=primitives)  # fmt: skip
+                        primitives=primitives, **skeleton(skel, 3))  # fmt: skip
     costs = [K.genotype_cost(g, space) for g in _all_genotypes(space)]
     for metric, field in (("params", "params"), ("macs", "macs"), ("sram", "peak_sram_bytes_int8")):
         values = [getattr(c, field) for c in costs]
@@ -569,6 +662,11 @@ DWB_SPACE = SpaceConfig(
     primitives=("none", "max_pool_3x1", "sep_conv_3x1"),
 )  # fmt: skip
 _ARGS = {"params": "max_params", "macs": "max_macs", "sram": "max_sram_bytes"}
+DWB_SPACES = {
+    "seed": DWB_SPACE,
+    "lean": SpaceConfig(**{**DWB_SPACE.__dict__, **skeleton("lean", 3)}),
+    "flat": SpaceConfig(**{**DWB_SPACE.__dict__, **skeleton("flat", 3)}),
+}
 
 
 def _score(alphas: dict, genotype: Genotype_CNN, space: SpaceConfig) -> float:
@@ -582,36 +680,52 @@ def _score(alphas: dict, genotype: Genotype_CNN, space: SpaceConfig) -> float:
 
 
 @pytest.fixture(scope="module")
-def dwb_costs():
-    costs = {}
-    for g in _all_genotypes(DWB_SPACE):
-        c = K.genotype_cost(g, DWB_SPACE)
-        costs[_key(g)] = (g, {"params": c.params, "macs": c.macs, "sram": c.peak_sram_bytes_int8})
-    return costs
+def dwb_costs_of():
+    """``dwb_costs_of(space)``: genotype key -> (genotype, exact costs), for every genotype of the space."""
+    cache: dict = {}
+
+    def costs_of(space: SpaceConfig) -> dict:
+        if space not in cache:
+            cache[space] = {}
+            for g in _all_genotypes(space):
+                c = K.genotype_cost(g, space)
+                cache[space][_key(g)] = (g, {"params": c.params, "macs": c.macs, "sram": c.peak_sram_bytes_int8})
+        return cache[space]
+
+    return costs_of
 
 
-def test_dwb_space_has_room_in_every_metric(dwb_costs) -> None:
+@pytest.fixture(scope="module")
+def dwb_costs(dwb_costs_of):
+    return dwb_costs_of(DWB_SPACE)
+
+
+@pytest.mark.parametrize("name", DWB_SPACES)
+def test_dwb_space_has_room_in_every_metric(name: str) -> None:
     for metric in K.METRICS:
-        assert K.min_cost(DWB_SPACE, metric) < K.max_cost(DWB_SPACE, metric)
+        assert K.min_cost(DWB_SPACES[name], metric) < K.max_cost(DWB_SPACES[name], metric)
 
 
+@pytest.mark.parametrize("name", DWB_SPACES)
 @pytest.mark.parametrize("seed", range(12))
-def test_derive_within_budget_is_the_best_genotype_within_budget(dwb_costs, seed: int) -> None:
+def test_derive_within_budget_is_the_best_genotype_within_budget(dwb_costs_of, seed: int, name: str) -> None:
+    space = DWB_SPACES[name]
+    dwb_costs = dwb_costs_of(space)
     gen = torch.Generator().manual_seed(seed)
-    alphas = {k: torch.randn(DWB_SPACE.num_edges, 3, generator=gen) for k in ("normal", "reduce")}
+    alphas = {k: torch.randn(space.num_edges, 3, generator=gen) for k in ("normal", "reduce")}
     metrics = [("params", "macs", "sram"), ("params",), ("macs",), ("sram",), ("params", "sram"), ("params", "macs")][
         seed % 6
     ]
     budgets = {}
     for metric in metrics:  # somewhere between the cheapest genotype and the argmax's cost
-        low = K.min_cost(DWB_SPACE, metric)
-        budgets[metric] = int(low + float(torch.rand((), generator=gen)) * (K.max_cost(DWB_SPACE, metric) - low))
-    genotype = K.derive_within_budget(alphas, DWB_SPACE, **{_ARGS[m]: b for m, b in budgets.items()})
+        low = K.min_cost(space, metric)
+        budgets[metric] = int(low + float(torch.rand((), generator=gen)) * (K.max_cost(space, metric) - low))
+    genotype = K.derive_within_budget(alphas, space, **{_ARGS[m]: b for m, b in budgets.items()})
     assert all(dwb_costs[_key(genotype)][1][m] <= b for m, b in budgets.items())
     feasible = [g for g, c in dwb_costs.values() if all(c[m] <= b for m, b in budgets.items())]
-    best = max(_score(alphas, g, DWB_SPACE) for g in feasible)
-    assert _score(alphas, genotype, DWB_SPACE) == pytest.approx(best, abs=1e-9)
-    plain = derive_genotype(alphas, DWB_SPACE)
+    best = max(_score(alphas, g, space) for g in feasible)
+    assert _score(alphas, genotype, space) == pytest.approx(best, abs=1e-9)
+    plain = derive_genotype(alphas, space)
     if all(dwb_costs[_key(plain)][1][m] <= b for m, b in budgets.items()):
         assert genotype == plain
 

@@ -35,6 +35,47 @@ def test_reduction_layers(layers, expected):
     assert SpaceConfig(layers=layers).reduction_layers == expected
 
 
+@pytest.mark.parametrize(
+    "layers, reductions, expected",
+    [
+        pytest.param(8, None, (2, 5), id="seed"),
+        pytest.param(8, (), (), id="none"),
+        pytest.param(8, (7,), (7,), id="last"),
+        pytest.param(5, [4, 0], (0, 4), id="list-sorted"),
+    ],
+)
+def test_reductions_override_the_seed_rule(layers, reductions, expected):
+    space = SpaceConfig(layers=layers, reductions=reductions)
+    assert space.reduction_layers == expected
+    assert space.reductions == (None if reductions is None else expected)
+    hash(space)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param(dict(layers=4, reductions=(4,)), r"distinct cell indices in \[0, 4\)", id="out-of-range"),
+        pytest.param(dict(reductions=(-1,)), r"distinct cell indices", id="negative"),
+        pytest.param(dict(reductions=(2, 2)), r"distinct", id="duplicate"),
+        pytest.param(dict(reductions=(True,)), r"tuple of cell indices", id="bool"),
+        pytest.param(dict(reductions="2"), r"tuple of cell indices", id="string"),
+        pytest.param(dict(preprocess="sometimes"), r"preprocess must be one of", id="preprocess"),
+    ],
+)
+def test_skeleton_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SpaceConfig(**kwargs)
+
+
+def test_network_follows_the_skeleton():
+    from fnas.spaces.cell.genotype import MY_CUSTOM_GENOTYPE
+
+    space = SpaceConfig(C=4, layers=4, reductions=(3,), preprocess="when_needed", stem_multiplier=1)
+    net = space.network(MY_CUSTOM_GENOTYPE)
+    assert net.reductions == [3] and net.preprocess == "when_needed"
+    assert [cell.pre is None for cell in net.cells] == [True, False, False, False]
+
+
 @pytest.mark.parametrize("nodes", [1, 2, 4])
 def test_edges_order_and_count(nodes):
     space = SpaceConfig(nodes=nodes, multiplier=1)

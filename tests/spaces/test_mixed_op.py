@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 F64 = torch.float64
 C = 4
-KX1_ALL = P.SEED_KX1 + P.KX1_EXTRA
+KX1_ALL = P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE
 
 SPACES = [pytest.param(KX1_ALL, True, id="kx1"), pytest.param(P.DARTS_2D, False, id="2d")]
 STRIDES = [pytest.param(1, id="s1"), pytest.param(2, id="s2")]

@@ -49,6 +49,30 @@ def test_seed_genotype_builds_with_the_seed_signature():
     assert model.genotype is MY_CUSTOM_GENOTYPE
 
 
+def test_seed_network_is_unchanged():
+    """The seed's arguments build what they built before reductions / preprocess existed (numbers
+    recorded from that code: parameter count, state_dict size, train-mode logits for fixed seeds)."""
+    net = NetworkCnn(16, 7, 8, MY_CUSTOM_GENOTYPE, 6, True, 4, 4, 3, gen=make_gen(0)).double()
+    assert sum(p.numel() for p in net.parameters()) == 205139
+    assert len(net.state_dict()) == 131
+    assert net.reductions == [2, 5]
+    same = NetworkCnn(16, 7, 8, MY_CUSTOM_GENOTYPE, 6, True, 4, 4, 3, gen=make_gen(0), reductions=None,
+                      preprocess="always").double()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), same.state_dict().values()))
+    space = SpaceConfig(C=16, num_classes=7, layers=8, in_channels=6, input_shape=(128, 1))
+    built = space.network(MY_CUSTOM_GENOTYPE, make_gen(0)).double()
+    assert list(built.state_dict()) == list(net.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), built.state_dict().values()))
+    x = torch.randn(2, 6, 128, 1, generator=make_gen(1), dtype=F64)
+    want = torch.tensor([
+        -0.03583907708, -0.545168327501, 0.035389710142, -0.137853894242, 0.213415395979, 0.430562545555,
+        0.327278629567, -0.000908716315, -0.640997453361, 0.031269884615, 0.094668872675, -0.037175135437,
+        0.241447748966, 0.401759064915,
+    ], dtype=F64).reshape(2, 7)  # fmt: skip
+    torch.testing.assert_close(net.train()(x), want, rtol=0, atol=1e-9)
+    torch.testing.assert_close(built.train()(x), want, rtol=0, atol=1e-9)
+
+
 # --- THE equivalence: one-hot supernet == NetworkCnn holding the same weights --------------------
 
 
@@ -82,18 +106,30 @@ CASES = [
     *[pytest.param(_random_genotype(P.SEED_KX1, 3, 2, s), P.SEED_KX1, 3, 2, (12, 1), id=f"kx1-random{s}")
       for s in range(3)],
     pytest.param(_random_genotype(KX1_EXTRA_SET, 3, 3, 7), KX1_EXTRA_SET, 3, 3, (11, 1), id="kx1-extra-random"),
+    *[pytest.param(_random_genotype(P.LEAN_KX1, 3, m, 11 + m), P.LEAN_KX1, 3, m, (12, 1), id=f"kx1-lean-m{m}")
+      for m in (1, 2)],
     *[pytest.param(_random_genotype(P.DARTS_2D, 3, 2, s, "2d"), P.DARTS_2D, 3, 2, (6, 6), id=f"2d-random{s}")
       for s in range(2)],
 ]
 
 
+# Cell skeletons: the seed's; the lean one (one late reduction, 1x1 preprocessing only where the
+# channels change, a C-wide stem); one without reduction cells.
+SKELETONS = {
+    "seed": dict(stem_multiplier=2),
+    "lean": dict(reductions=(2,), preprocess="when_needed", stem_multiplier=1),
+    "flat": dict(reductions=(), preprocess="when_needed", stem_multiplier=2),
+}
+
+
+@pytest.mark.parametrize("skeleton", SKELETONS)
 @pytest.mark.parametrize("train", [pytest.param(False, id="eval"), pytest.param(True, id="train")])
 @pytest.mark.parametrize("genotype, primitives, nodes, multiplier, shape", CASES)
-def test_network_matches_one_hot_supernet(genotype, primitives, nodes, multiplier, shape, train):
+def test_network_matches_one_hot_supernet(genotype, primitives, nodes, multiplier, shape, train, skeleton):
     in_channels = 1 if shape[1] == 1 else 3
     space = SpaceConfig(
         C=4, num_classes=5, layers=3, in_channels=in_channels, input_shape=shape, nodes=nodes,
-        multiplier=multiplier, stem_multiplier=2, primitives=primitives, pool_bn=False,
+        multiplier=multiplier, primitives=primitives, pool_bn=False, **SKELETONS[skeleton],
     )
     gen = make_gen(0)
     weights, _, stats = init_supernet(space, gen, dtype=F64)
@@ -105,8 +141,9 @@ def test_network_matches_one_hot_supernet(genotype, primitives, nodes, multiplie
 
     net = NetworkCnn(
         space.C, space.num_classes, space.layers, genotype, in_channels, True, nodes, multiplier,
-        space.stem_multiplier, gen=make_gen(1),
+        space.stem_multiplier, gen=make_gen(1), reductions=space.reductions, preprocess=space.preprocess,
     ).double()
+    assert [cell.pre is not None for cell in net.cells] == ["pre" in weights["cells"][f"c{i}"] for i in range(3)]
     net.load_supernet(weights, stats)
     net.train(train)
     want, new_stats = apply_supernet(weights, alphas, stats, x, cfg=space, train=train)
@@ -245,4 +282,63 @@ def test_load_supernet_from_a_space_without_the_genotype_ops():
                         stem_multiplier=1, primitives=("none", "skip_connect"))
     weights, _, stats = init_supernet(space, make_gen(0))
     with pytest.raises(ValueError):
+        net.load_supernet(weights, stats)
+
+
+@pytest.mark.parametrize(
+    "layers, reductions",
+    [pytest.param(3, (), id="none"), pytest.param(4, (3,), id="last"), pytest.param(4, (2, 0), id="first-and-third")],
+)
+def test_reduction_cells_where_asked(layers, reductions):
+    net = _small_net(layers=layers, reductions=reductions)
+    shapes = []
+    hooks = [cell.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))) for cell in net.cells]
+    net.eval()
+    with torch.no_grad():
+        net(torch.randn(2, 2, 13, 1))
+    for h in hooks:
+        h.remove()
+    c, t, expected = 4, 13, []
+    for layer in range(layers):
+        if layer in reductions:
+            c, t = 2 * c, math.ceil(t / 2)
+        expected.append((2, 2 * c, t, 1))  # multiplier 2
+    assert shapes == expected
+    assert net.reductions == sorted(reductions)
+
+
+def test_when_needed_preprocesses_only_where_channels_change():
+    # stem_multiplier 1, multiplier 2: cell 0 reads C, cell 1 reads 2C at width C, cell 2 (reducing)
+    # reads 2C at width 2C
+    net = _small_net(preprocess="when_needed", reductions=(2,))
+    assert [cell.pre is not None for cell in net.cells] == [False, True, False]
+    always = _small_net(reductions=(2,))
+    assert [cell.pre is not None for cell in always.cells] == [True, True, True]
+    pre = sum(p.numel() for cell in always.cells for p in cell.pre.parameters())
+    saved = sum(p.numel() for p in always.parameters()) - sum(p.numel() for p in net.parameters())
+    assert saved == pre - sum(p.numel() for p in net.cells[1].pre.parameters()) == (4 * 4 + 8) + (8 * 8 + 16)
+    assert net(torch.randn(2, 2, 8, 1)).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param(dict(reductions=(3,)), r"reductions must be distinct cell indices in \[0, 3\)", id="range"),
+        pytest.param(dict(reductions=(1, 1)), r"distinct", id="duplicate"),
+        pytest.param(dict(reductions=(1.0,)), r"tuple of cell indices", id="float"),
+        pytest.param(dict(reductions=2), r"tuple of cell indices", id="int"),
+        pytest.param(dict(preprocess="never"), r"preprocess must be one of \['always', 'when_needed'\]", id="pre"),
+    ],
+)
+def test_invalid_skeleton_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _small_net(**kwargs)
+
+
+def test_load_supernet_rejects_another_preprocessing():
+    net = _small_net(preprocess="when_needed")
+    space = SpaceConfig(C=4, num_classes=3, layers=3, in_channels=2, input_shape=(8, 1), nodes=2, multiplier=2,
+                        stem_multiplier=1)  # preprocess="always"
+    weights, _, stats = init_supernet(space, make_gen(0))
+    with pytest.raises(ValueError, match="preprocess"):
         net.load_supernet(weights, stats)

@@ -38,7 +38,7 @@ def with_seed_op(seed_ops):
     yield SEED_OP
 
 
-BUILTINS = sorted(set(P.SEED_KX1 + P.KX1_EXTRA + P.DARTS_2D))
+BUILTINS = sorted(set(P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE + P.DARTS_2D))
 
 
 @pytest.mark.parametrize("stride", [pytest.param(1, id="s1"), pytest.param(2, id="s2")])

@@ -21,7 +21,7 @@ F64 = torch.float64
 C = 4
 
 CASES = (
-    [pytest.param(name, True, id=f"kx1-{name}") for name in P.SEED_KX1 + P.KX1_EXTRA]
+    [pytest.param(name, True, id=f"kx1-{name}") for name in P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE]
     + [pytest.param(name, False, id=f"2d-{name}") for name in P.DARTS_2D]
 )
 
@@ -32,11 +32,12 @@ def _input(kx1: bool, T: int, dtype=F64, seed: int = 1) -> torch.Tensor:
 
 
 def test_sets_are_registered_and_kinds_fit():
-    for name in P.SEED_KX1 + P.KX1_EXTRA:
+    for name in P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE:
         assert P.get(name).kind in ("1d", "any"), name
     for name in P.DARTS_2D:
         assert P.get(name).kind in ("2d", "any"), name
-    assert set(P.SEED_KX1 + P.KX1_EXTRA + P.DARTS_2D) <= set(P.names())
+    assert set(P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE + P.DARTS_2D) <= set(P.names())
+    assert set(P.LEAN_KX1) <= set(P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE) and "none" in P.LEAN_KX1
 
 
 @pytest.mark.parametrize("stride", [pytest.param(1, id="s1"), pytest.param(2, id="s2")])
@@ -119,7 +120,7 @@ def _reference(name: str, params: dict, kx1: bool, stride: int) -> nn.Module:
 
 
 REF_CASES = [
-    pytest.param(n, True, id=f"kx1-{n}") for n in P.SEED_KX1 + P.KX1_EXTRA if "conv" in n
+    pytest.param(n, True, id=f"kx1-{n}") for n in P.SEED_KX1 + P.KX1_EXTRA + P.KX1_WIDE if "conv" in n
 ] + [pytest.param(n, False, id=f"2d-{n}") for n in P.DARTS_2D if "conv" in n]
 
 

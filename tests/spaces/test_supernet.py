@@ -26,6 +26,9 @@ SPACES = [
     pytest.param(tiny_space, id="kx1"),
     pytest.param(lambda **kw: tiny_space(primitives=P.KX1_EXTRA + ("none",), **kw), id="kx1-extra"),
     pytest.param(tiny_space_2d, id="2d"),
+    pytest.param(lambda **kw: tiny_space(primitives=P.LEAN_KX1, reductions=(2,), preprocess="when_needed", **kw),
+                 id="kx1-lean"),
+    pytest.param(lambda **kw: tiny_space(reductions=(), preprocess="when_needed", **kw), id="kx1-flat"),
 ]
 
 
@@ -178,12 +181,13 @@ def _probe(calls: list) -> P.Primitive:
     return P.Primitive("test_probe", lambda gen, C, stride, *, affine, dtype: ({}, {}), apply, "any", "conv")
 
 
-def _expected_calls(space) -> Counter:
-    """Per edge: (channels, input length, stride) under DESIGN.md's reduction rule."""
+def _expected_calls(space, reductions=None) -> Counter:
+    """Per edge: (channels, input length, stride) under DESIGN.md's reduction rule, or with the
+    reduction cells ``reductions``."""
     calls: Counter = Counter()
     c, t = space.C, space.input_shape[0]
     for layer in range(space.layers):
-        reduction = layer in (space.layers // 3, 2 * space.layers // 3)
+        reduction = layer in (reductions if reductions is not None else (space.layers // 3, 2 * space.layers // 3))
         if reduction:
             c *= 2
         for i, j in space.edges():
@@ -209,6 +213,60 @@ def test_reduction_cells_at_one_and_two_thirds(temp_primitives, layers):
     # The head reads multiplier * C * 2^(number of reductions) channels.
     head = [t for t in tree.leaves(weights) if t.ndim == 2]
     assert [tuple(t.shape) for t in head] == [(space.num_classes, space.multiplier * space.C * 2 ** len(reductions))]
+
+
+@pytest.mark.parametrize(
+    "layers, reductions",
+    [pytest.param(3, (), id="none"), pytest.param(4, (3,), id="last"), pytest.param(5, (0, 4), id="first-and-last")],
+)
+def test_reduction_cells_where_asked(temp_primitives, layers, reductions):
+    calls: list = []
+    temp_primitives(_probe(calls))
+    space = tiny_space(layers=layers, input_shape=(13, 1), primitives=("none", "test_probe"), reductions=reductions)
+    assert space.reduction_layers == reductions
+    weights, alphas, stats = init_supernet(space, make_gen(0))
+    x, _ = make_batch(space, n=2)
+    apply_supernet(weights, alphas, stats, x, cfg=space, train=False)
+    assert Counter(calls) == _expected_calls(space, reductions)
+    assert sum(s == 2 for _, _, s in calls) == len(reductions) * space.nodes
+    head = [t for t in tree.leaves(weights) if t.ndim == 2]
+    assert [tuple(t.shape) for t in head] == [(space.num_classes, space.multiplier * space.C * 2 ** len(reductions))]
+
+
+@pytest.mark.parametrize("stem_multiplier, multiplier, pre", [(1, 2, [False, True, False, True]),
+                                                              (2, 2, [True, True, False, True]),
+                                                              (1, 1, [False, False, True, False])])
+def test_when_needed_preprocessing_only_where_channels_change(stem_multiplier, multiplier, pre):
+    # cells 0..3, cell 2 reduces: cell l reads stem_multiplier * C (l = 0) or multiplier * its
+    # predecessor's width, and has width C (2 C from cell 2 on)
+    space = tiny_space(layers=4, reductions=(2,), preprocess="when_needed", stem_multiplier=stem_multiplier,
+                       multiplier=multiplier)
+    weights, alphas, stats = init_supernet(space, make_gen(0))
+    assert ["pre" in weights["cells"][f"c{i}"] for i in range(4)] == pre
+    assert ["pre" in stats["cells"][f"c{i}"] for i in range(4)] == pre
+    x, _ = make_batch(space)
+    _, new = apply_supernet(weights, alphas, stats, x, cfg=space, train=True)
+    assert _structure_equal(new, stats)
+    always = init_supernet(tiny_space(layers=4, reductions=(2,), stem_multiplier=stem_multiplier,
+                                      multiplier=multiplier), make_gen(0))[0]
+    assert all("pre" in always["cells"][f"c{i}"] for i in range(4))
+
+
+def test_seed_supernet_is_unchanged():
+    """The seed skeleton's supernet computes what it did before reductions / preprocess existed
+    (numbers recorded from that code)."""
+    space = SpaceConfig(C=8, num_classes=7, layers=5, in_channels=6, input_shape=(32, 1))
+    weights, alphas, stats = init_supernet(space, make_gen(0), dtype=F64)
+    assert sum(t.numel() for t in tree.leaves(weights)) == 407987
+    x = torch.randn(2, 6, 32, 1, generator=make_gen(1), dtype=F64)
+    alphas = {k: torch.randn(v.shape, generator=make_gen(2), dtype=F64) for k, v in alphas.items()}
+    logits, _ = apply_supernet(weights, alphas, stats, x, cfg=space, train=True)
+    want = torch.tensor([
+        0.405368565628, 0.276343942113, -0.19211949597, 0.253117336182, -0.455441271417, -0.303589370123,
+        0.778118738606, 0.054722885149, 0.206377340001, 0.052966594639, -0.452647506595, 0.985015941161,
+        0.083927222094, -0.22520631522,
+    ], dtype=F64).reshape(2, 7)  # fmt: skip
+    torch.testing.assert_close(logits, want, rtol=0, atol=1e-9)
 
 
 # --- PC-DARTS partial channels -------------------------------------------------------------------
@@ -280,7 +338,7 @@ def test_sync_reaches_every_batch_norm(monkeypatch, make, fused):
 
     def spy(*args, sync=None, **kwargs):
         seen.append(sync)
-        return batch_norm(*args, sync=sync, **kwargs)
+        return batch_norm(*args, sync=None, **kwargs)  # the marker object is no real Sync: run locally
 
     monkeypatch.setattr(L, "batch_norm", spy)
     sync = object()

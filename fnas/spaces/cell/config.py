@@ -16,7 +16,7 @@ from fnas.spaces import primitives as P
 from fnas.spaces.cell import genotype as G
 from fnas.spaces.cell.network import NetworkCnn
 from fnas.spaces.cell.supernet import apply_supernet, init_supernet
-from fnas.spaces.cell.topology import concat_range
+from fnas.spaces.cell.topology import check_preprocess, check_reductions, concat_range, seed_reductions
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,19 @@ class SpaceConfig:
     """The search network (supernet) and the space it spans.
 
     Attributes mirror the seed's arguments; ``input_shape`` is ``(T, 1)`` for kx1 spaces and
-    ``(H, W)`` for 2D ones.
+    ``(H, W)`` for 2D ones. Two fields go beyond the seed (their defaults are the seed's skeleton):
+
+    - ``reductions``: indices of the reduction cells; None: the seed's ``layers // 3`` and
+      ``2 * layers // 3``; ``()``: no reduction; e.g. ``(layers - 1,)``: one late reduction, so the
+      other cells run at the full length T.
+    - ``preprocess``: ``"always"`` (the seed: ReLU -> 1x1 conv -> BN on every cell input) or
+      ``"when_needed"`` (only where the input's channel count differs from the cell's width; with
+      ``stem_multiplier=1`` or ``multiplier=1`` most cells then spend nothing on it).
     """
 
     C: int = 16  # nas_init_channels
     num_classes: int = 7
-    layers: int = 8  # nas_layers; cells layers//3 and 2*layers//3 reduce
+    layers: int = 8  # nas_layers
     in_channels: int = 6
     input_shape: tuple[int, int] = (128, 1)
     with_input_batchnorm: bool = True
@@ -40,6 +47,9 @@ class SpaceConfig:
     pool_bn: bool = True  # DARTS puts an affine-free BatchNorm after pools in the search net
     fused: bool = True  # batch the mixed ops of all edges leaving a state (same result, faster)
     partial_channels: int = 1  # PC-DARTS K: mixed ops see C/K channels; K > 1 adds edge betas
+    # beyond the seed (last, so positional arguments keep their meaning):
+    reductions: tuple[int, ...] | None = None  # None: cells layers//3 and 2*layers//3 reduce
+    preprocess: str = "always"  # or "when_needed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "primitives", tuple(self.primitives))
@@ -48,6 +58,9 @@ class SpaceConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SpaceConfig.{name} must be a positive int, got {value!r}")
+        if self.reductions is not None:
+            object.__setattr__(self, "reductions", check_reductions(self.reductions, self.layers, "SpaceConfig"))
+        check_preprocess(self.preprocess, "SpaceConfig")
         if self.num_classes < 2:
             raise ValueError(f"SpaceConfig.num_classes must be >= 2, got {self.num_classes}")
         if self.multiplier > self.nodes:
@@ -96,8 +109,8 @@ class SpaceConfig:
 
     @property
     def reduction_layers(self) -> tuple[int, ...]:
-        """Indices of the reduction cells."""
-        return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+        """Indices of the reduction cells, sorted: ``reductions``, or the seed's when it is None."""
+        return self.reductions if self.reductions is not None else seed_reductions(self.layers)
 
     def edges(self) -> list[tuple[int, int]]:
         """``(i, j)`` for every edge ``state_i -> node_j``, in alpha-row order (j-major)."""
@@ -153,6 +166,7 @@ class SpaceConfig:
         return NetworkCnn(
             self.C, self.num_classes, self.layers, genotype, self.in_channels, self.with_input_batchnorm,
             self.nodes, self.multiplier, self.stem_multiplier, gen=gen, kx1=self.is_1d,
+            reductions=self.reduction_layers, preprocess=self.preprocess,
         )  # fmt: skip
 
     def genotype_to_dict(self, genotype: G.Genotype_CNN) -> dict:

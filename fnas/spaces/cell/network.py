@@ -8,6 +8,8 @@ network does; the affine parameters start at (1, 0), which is what the search ne
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ from fnas.core import tree
 from fnas.spaces import primitives as P
 from fnas.spaces.cell.genotype import Genotype_CNN, validate_genotype
 from fnas.spaces.cell.supernet import apply_preprocess, apply_stem
-from fnas.spaces.cell.topology import edge_key
+from fnas.spaces.cell.topology import check_preprocess, check_reductions, edge_key, plan_cells, preprocesses
 from fnas.spaces.primitives.modules import OPS, FunctionalOp, ParamTree, is_builtin, split_tree
 
 Tensor = torch.Tensor
@@ -39,11 +41,13 @@ def _kind_of(genotype: Genotype_CNN) -> str:
 
 
 class _Cell(nn.Module):
-    def __init__(self, genotype_cell, concat, c_in: int, c: int, reduction: bool, *, gen):
+    def __init__(self, genotype_cell, concat, c_in: int, c: int, reduction: bool, *, preprocess: bool, gen):
         super().__init__()
-        pre_p, pre_s = L.init_bn(c, affine=True)
-        pre_p = {"conv": L.init_conv(gen, c_in, c, (1, 1)), "bn": pre_p}
-        self.pre = ParamTree(pre_p, {"bn": pre_s})
+        self.pre = None  # no preprocessing: state_0 is the cell input
+        if preprocess:
+            pre_p, pre_s = L.init_bn(c, affine=True)
+            pre_p = {"conv": L.init_conv(gen, c_in, c, (1, 1)), "bn": pre_p}
+            self.pre = ParamTree(pre_p, {"bn": pre_s})
         self.links = [(op, idx, 2 if reduction and idx == 0 else 1) for op, idx in genotype_cell]
         self.concat = list(concat)
         self.ops = nn.ModuleDict()
@@ -54,10 +58,12 @@ class _Cell(nn.Module):
                 self.ops[f"n{j}"] = OPS[op](c, stride, True)
 
     def forward(self, x: Tensor) -> Tensor:
-        params, stats = split_tree(self.pre)
-        s0, new = apply_preprocess(params, stats, x, train=self.training)
-        if self.training:
-            _write_back(stats, new)
+        s0 = x
+        if self.pre is not None:
+            params, stats = split_tree(self.pre)
+            s0, new = apply_preprocess(params, stats, x, train=self.training)
+            if self.training:
+                _write_back(stats, new)
         states = [s0]
         for j, (_, idx, _) in enumerate(self.links, start=1):
             states.append(self.ops[f"n{j}"](states[idx]))
@@ -70,7 +76,8 @@ class NetworkCnn(nn.Module):
     Args:
         C: initial channels (``nas_init_channels``).
         num_classes: output classes.
-        layers: number of cells; cells ``layers // 3`` and ``2 * layers // 3`` reduce.
+        layers: number of cells; cells ``layers // 3`` and ``2 * layers // 3`` reduce unless
+            ``reductions`` says otherwise.
         genotype: a :class:`Genotype_CNN`.
         in_channels: input channels.
         with_input_batchnorm: BatchNorm on the raw input.
@@ -81,6 +88,10 @@ class NetworkCnn(nn.Module):
         kx1: time series (``(N, C, T, 1)`` input, (k, 1) kernels) or 2D; default: inferred from
             the genotype's ops (kx1 unless it has a 2D op; pass it for genotypes of
             layout-free ops only, such as all ``skip_connect``).
+        reductions: indices of the reduction cells; None: the seed's ``layers // 3`` and
+            ``2 * layers // 3``; ``()``: none.
+        preprocess: ``"always"`` (the seed: ReLU -> 1x1 conv -> BN on every cell input) or
+            ``"when_needed"`` (only where the input's channels differ from the cell's width).
 
     Input: ``(N, in_channels, T, 1)`` for kx1 genotypes, ``(N, in_channels, H, W)`` for 2D ones.
 
@@ -102,12 +113,16 @@ class NetworkCnn(nn.Module):
         *,
         gen: torch.Generator | None = None,
         kx1: bool | None = None,
+        reductions: Sequence[int] | None = None,
+        preprocess: str = "always",
     ):
         super().__init__()
         for name, value in (("C", C), ("num_classes", num_classes), ("layers", layers), ("in_channels", in_channels)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"NetworkCnn: {name} must be a positive int, got {value!r}")
         validate_genotype(genotype, nodes=nodes_per_layer, multiplier=multiplier)
+        reductions = check_reductions(reductions, layers, "NetworkCnn")
+        check_preprocess(preprocess, "NetworkCnn")
         if gen is None:
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
         self.genotype = genotype
@@ -123,19 +138,16 @@ class NetworkCnn(nn.Module):
         c_stem = stem_multiplier * C
         bn_p, bn_s = L.init_bn(c_stem, affine=True)
         self.stem = ParamTree({"conv": L.init_conv(gen, in_channels, c_stem, k3), "bn": bn_p}, {"bn": bn_s})
-        reductions = {layers // 3, 2 * layers // 3}
         self.cells = nn.ModuleList()
-        c_prev, c = c_stem, C
-        for layer in range(layers):
-            reduction = layer in reductions
-            if reduction:
-                c *= 2
+        # validate_genotype checked that both concat lists have `multiplier` nodes
+        for reduction, c_in, c in plan_cells(C, layers, stem_multiplier, multiplier, reductions):
             cell = genotype.reduce if reduction else genotype.normal
             concat = genotype.reduce_concat if reduction else genotype.normal_concat
-            self.cells.append(_Cell(cell, concat, c_prev, c, reduction, gen=gen))
-            c_prev = len(list(concat)) * c
-        self.head = ParamTree(L.init_linear(gen, c_prev, num_classes), {})
-        self.reductions = sorted(reductions)
+            pre = preprocesses(preprocess, c_in, c)
+            self.cells.append(_Cell(cell, concat, c_in, c, reduction, preprocess=pre, gen=gen))
+        self.head = ParamTree(L.init_linear(gen, multiplier * c, num_classes), {})
+        self.reductions = list(reductions)
+        self.preprocess = preprocess
 
     def _stem_trees(self) -> tuple[dict, dict]:
         params, stats = split_tree(self.stem)
@@ -190,9 +202,15 @@ class NetworkCnn(nn.Module):
         copy(own_stats, {k: stats[k] for k in own_stats}, "stem")
         for layer, cell in enumerate(self.cells):
             cw, cs = weights["cells"][f"c{layer}"], stats["cells"][f"c{layer}"]
-            p, s = split_tree(cell.pre)
-            copy(p, cw["pre"], "pre")
-            copy(s, cs["pre"], "pre")
+            if (cell.pre is None) != ("pre" not in cw):
+                raise ValueError(
+                    f"cell {layer}: the network {'has no' if cell.pre is None else 'has a'} preprocessing, the "
+                    "supernet the opposite; build NetworkCnn with the space's preprocess and reductions"
+                )
+            if cell.pre is not None:
+                p, s = split_tree(cell.pre)
+                copy(p, cw["pre"], "pre")
+                copy(s, cs["pre"], "pre")
             for j, (op, idx, _) in enumerate(cell.links, start=1):
                 module = cell.ops[f"n{j}"]
                 edge = edge_key(idx, j)

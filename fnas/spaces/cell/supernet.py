@@ -1,10 +1,12 @@
 """The search network as pure functions: ``init_supernet`` and ``apply_supernet`` over pytrees.
 
 Semantics (DESIGN.md): optional input BN; stem conv (3x1 or 3x3) + BN to ``stem_multiplier * C``;
-``layers`` single-input cells, cells ``layers // 3`` and ``2 * layers // 3`` reduce (channels
-double, edges leaving the cell input have stride 2); cell input -> ReLU, 1x1 conv, BN -> state_0;
-node ``j = sum_{i<j} MixedOp_{i->j}(state_i)``; the cell output concatenates the last
-``multiplier`` nodes; head: global average pool, linear.
+``layers`` single-input cells, the cells ``reduction_layers`` reduce (the seed's ``layers // 3`` and
+``2 * layers // 3`` by default; channels double, edges leaving the cell input have stride 2); cell
+input -> ReLU, 1x1 conv, BN -> state_0 (with ``preprocess="when_needed"``, only where the input's
+channels differ from the cell's; elsewhere state_0 is the input); node ``j = sum_{i<j}
+MixedOp_{i->j}(state_i)``; the cell output concatenates the last ``multiplier`` nodes; head: global
+average pool, linear.
 
 References:
     Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019.
@@ -26,6 +28,7 @@ from fnas.spaces.cell.topology import (
     edge_key,
     edge_row,
     edge_weights,
+    preprocesses,
     space_of,
 )
 
@@ -77,9 +80,13 @@ def init_supernet(
     stats["stem"] = {"bn": bn_s}
     weights["cells"], stats["cells"] = {}, {}
     for layer, (reduction, c_in, c) in enumerate(cell_plan(cfg)):
-        bn_p, bn_s = L.init_bn(c, affine=False, dtype=dtype)
-        cw = {"pre": {"conv": L.init_conv(gen, c_in, c, (1, 1), dtype=dtype), "bn": bn_p}, "edges": {}}
-        cs = {"pre": {"bn": bn_s}, "edges": {}}
+        cw: dict = {}
+        cs: dict = {}
+        if preprocesses(cfg.preprocess, c_in, c):  # else no "pre" entry: state_0 is the cell input
+            bn_p, bn_s = L.init_bn(c, affine=False, dtype=dtype)
+            cw["pre"] = {"conv": L.init_conv(gen, c_in, c, (1, 1), dtype=dtype), "bn": bn_p}
+            cs["pre"] = {"bn": bn_s}
+        cw["edges"], cs["edges"] = {}, {}
         for i, j in cfg.edges():
             stride = 2 if reduction and i == 0 else 1
             cw["edges"][edge_key(i, j)], cs["edges"][edge_key(i, j)] = init_mixed_op(
@@ -148,13 +155,16 @@ def apply_supernet(
     for layer, (reduction, _, _) in enumerate(cell_plan(cfg)):
         name = f"c{layer}"
         cw, cs = weights["cells"][name], stats["cells"][name]
-        s0, pre = apply_preprocess(cw["pre"], cs["pre"], h, train=train, sync=sync)
+        new_stats["cells"][name] = {}
+        s0 = h
+        if "pre" in cw:
+            s0, new_stats["cells"][name]["pre"] = apply_preprocess(cw["pre"], cs["pre"], h, train=train, sync=sync)
         kind = "reduce" if reduction else "normal"
         cell = apply_cell_fused if cfg.fused else apply_cell_plain
         states, edge_stats = cell(cw["edges"], cs["edges"], s0, mix[kind], cfg=cfg, reduction=reduction, train=train,
                                   edge_w=edge_mix[kind], sync=sync)
         h = torch.cat([states[k] for k in concat_range(cfg.nodes, cfg.multiplier)], dim=1)
-        new_stats["cells"][name] = {"pre": pre, "edges": edge_stats}
+        new_stats["cells"][name]["edges"] = edge_stats
     logits = L.apply_linear(weights["head"], L.global_avg_pool(h))
     return logits, new_stats
 

@@ -1,4 +1,5 @@
-"""The cell's wiring as index arithmetic: alpha rows of edges, concatenated nodes, widths per cell.
+"""The cell's wiring as index arithmetic: alpha rows of edges, concatenated nodes, widths per cell,
+which cells reduce and which preprocess their input.
 
 Everything that reads alphas, builds cells or counts costs uses these, so the conventions live once.
 """
@@ -11,7 +12,26 @@ import torch
 
 Tensor = torch.Tensor
 
-__all__ = ["CellSpace", "cell_plan", "concat_range", "edge_key", "edge_row", "edge_weights", "node_rows", "space_of"]
+__all__ = [
+    "PREPROCESS",
+    "CellSpace",
+    "cell_plan",
+    "check_preprocess",
+    "check_reductions",
+    "concat_range",
+    "edge_key",
+    "edge_row",
+    "edge_weights",
+    "node_rows",
+    "plan_cells",
+    "preprocesses",
+    "seed_reductions",
+    "space_of",
+]
+
+# "always": the seed's ReLU -> 1x1 conv -> BN on every cell input; "when_needed": only where the
+# input's channel count differs from the cell's C (elsewhere state_0 is the input itself).
+PREPROCESS = ("always", "when_needed")
 
 
 class CellSpace(Protocol):
@@ -30,6 +50,7 @@ class CellSpace(Protocol):
     nodes: int
     multiplier: int
     stem_multiplier: int
+    preprocess: str
     primitives: tuple[str, ...]
     pool_bn: bool
     fused: bool
@@ -84,17 +105,65 @@ def concat_range(nodes: int, multiplier: int) -> range:
     return range(nodes - multiplier + 1, nodes + 1)
 
 
-def cell_plan(cfg: CellSpace) -> list[tuple[bool, int, int]]:
-    """``(reduction, C_in, C)`` per cell: its input channels and its node width."""
+def seed_reductions(layers: int) -> tuple[int, ...]:
+    """The seed's reduction cells: ``layers // 3`` and ``2 * layers // 3`` (one cell when they coincide)."""
+    return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
+def check_reductions(reductions: Any, layers: int, where: str) -> tuple[int, ...]:
+    """The sorted reduction-cell indices ``reductions`` names (None: :func:`seed_reductions`).
+
+    Raises:
+        ValueError: not a sequence of distinct ints in ``[0, layers)``.
+    """
+    if reductions is None:
+        return seed_reductions(layers)
+    try:
+        cells = tuple(reductions)
+    except TypeError:
+        cells = None
+    if cells is None or not all(isinstance(r, int) and not isinstance(r, bool) for r in cells):
+        raise ValueError(
+            f"{where}: reductions must be None (the seed's layers//3, 2*layers//3) or a tuple of cell indices, "
+            f"e.g. () for no reduction or ({layers - 1},) for one late reduction; got {reductions!r}"
+        )
+    if len(set(cells)) != len(cells) or any(not 0 <= r < layers for r in cells):
+        raise ValueError(
+            f"{where}: reductions must be distinct cell indices in [0, {layers}) (layers={layers}), got {reductions!r}"
+        )
+    return tuple(sorted(cells))
+
+
+def check_preprocess(preprocess: Any, where: str) -> str:
+    """``preprocess`` if it is one of :data:`PREPROCESS`; raises ``ValueError`` otherwise."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"{where}: preprocess must be one of {list(PREPROCESS)}, got {preprocess!r}")
+    return preprocess
+
+
+def preprocesses(preprocess: str, c_in: int, c: int) -> bool:
+    """Whether a cell with ``c_in`` input channels and width ``c`` has its ReLU -> 1x1 conv -> BN."""
+    return preprocess == "always" or c_in != c
+
+
+def plan_cells(
+    C: int, layers: int, stem_multiplier: int, multiplier: int, reductions: tuple[int, ...]
+) -> list[tuple[bool, int, int]]:
+    """``(reduction, C_in, C)`` per cell: a reduction cell doubles the width, a cell outputs ``multiplier`` nodes."""
     plan = []
-    c_prev, c = cfg.stem_multiplier * cfg.C, cfg.C
-    for layer in range(cfg.layers):
-        reduction = layer in cfg.reduction_layers
+    c_prev, c = stem_multiplier * C, C
+    for layer in range(layers):
+        reduction = layer in reductions
         if reduction:
             c *= 2
         plan.append((reduction, c_prev, c))
-        c_prev = cfg.multiplier * c
+        c_prev = multiplier * c
     return plan
+
+
+def cell_plan(cfg: CellSpace) -> list[tuple[bool, int, int]]:
+    """``(reduction, C_in, C)`` per cell of the space: its input channels and its node width."""
+    return plan_cells(cfg.C, cfg.layers, cfg.stem_multiplier, cfg.multiplier, cfg.reduction_layers)
 
 
 def edge_weights(betas: Tensor, nodes: int) -> Tensor:

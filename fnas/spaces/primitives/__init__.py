@@ -1,10 +1,11 @@
 """Primitives: the candidate operations of a mixed op, each one unit (init, apply, cost, fused hook).
 
-:mod:`.registry` holds the record and ``register``; :mod:`.builtin` the seed's kx1 set and the DARTS
-2D set; :mod:`.modules` the seed's ``OPS`` ``nn.Module`` bridge; :mod:`.lookup` resolves a name.
+:mod:`.registry` holds the record and ``register``; :mod:`.builtin` the seed's kx1 set, wider kx1
+ops, a lean kx1 set (``LEAN_KX1``) and the DARTS 2D set; :mod:`.modules` the seed's ``OPS``
+``nn.Module`` bridge; :mod:`.lookup` resolves a name.
 """
 
-from fnas.spaces.primitives.builtin import DARTS_2D, KX1_EXTRA, SEED_KX1, shifted_grid
+from fnas.spaces.primitives.builtin import DARTS_2D, KX1_EXTRA, KX1_WIDE, LEAN_KX1, SEED_KX1, shifted_grid
 from fnas.spaces.primitives.lookup import get, names
 from fnas.spaces.primitives.registry import (
     Kind,
@@ -20,6 +21,8 @@ from fnas.spaces.primitives.registry import (
 __all__ = [
     "DARTS_2D",
     "KX1_EXTRA",
+    "KX1_WIDE",
+    "LEAN_KX1",
     "Kind",
     "OpCost",
     "Primitive",

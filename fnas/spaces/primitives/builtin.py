@@ -1,4 +1,4 @@
-"""The built-in primitives: the seed's kx1 set and the DARTS 2D set, each one ``register`` call.
+"""The built-in primitives: the seed's kx1 set, wider kx1 ops and the DARTS 2D set, each one ``register`` call.
 
 References:
     Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019 (the 2D set and the
@@ -17,7 +17,7 @@ from fnas.spaces.primitives.registry import Kind, OpCost, Primitive, Shape, out_
 
 Tensor = torch.Tensor
 
-__all__ = ["DARTS_2D", "KX1_EXTRA", "SEED_KX1", "shifted_grid"]
+__all__ = ["DARTS_2D", "KX1_EXTRA", "KX1_WIDE", "LEAN_KX1", "SEED_KX1", "shifted_grid"]
 
 # The seed's PRIMITIVES_CNN (its commented entries are registered too, see KX1_EXTRA).
 SEED_KX1 = (
@@ -30,6 +30,23 @@ SEED_KX1 = (
     "conv_bn_relu_7x1",
 )
 KX1_EXTRA = ("sep_conv_3x1", "sep_conv_5x1", "sep_conv_7x1", "dil_conv_3x1", "dil_conv_5x1")
+# Wider separable kernels beyond the seed: receptive fields of 13-17 steps for about C^2 weights.
+KX1_WIDE = ("sep_conv_9x1", "dil_conv_7x1", "dil_conv_9x1")
+# A kx1 set for small budgets. A dense conv_bn_relu_kx1 costs k C^2 weights for a receptive field of
+# k; a depthwise-separable op costs about C^2 + k C whatever k (C^2 + 9 C for dil_conv_7x1's field of
+# 13), so at T = 128 the wide fields come from the separable and dilated ops. conv_bn_relu_3x1 stays
+# as the one dense mixer; skip and max pool are free (skip searches depth); the 5/7 dense convs, the
+# avg pool and the small separable kernels are left out: each has a cheaper or wider stand-in here.
+LEAN_KX1 = (
+    "none",
+    "skip_connect",
+    "max_pool_3x1",
+    "conv_bn_relu_3x1",
+    "sep_conv_5x1",  # two stacked depthwise 5s: field 9
+    "sep_conv_9x1",  # field 17
+    "dil_conv_5x1",  # field 9 for C^2 + 7 C
+    "dil_conv_9x1",  # field 17 for C^2 + 11 C
+)
 DARTS_2D = (
     "none",
     "max_pool_3x3",
@@ -269,8 +286,9 @@ for _kind, _suffix in (("1d", "x1"), ("2d", "x3")):
     register(_make_pool(f"max_pool_3{_suffix}", 3, _kind, L.max_pool))
 for _k in (3, 5, 7):
     register(_make_conv_bn_relu(f"conv_bn_relu_{_k}x1", _k, "1d"))
+for _k in (3, 5, 7, 9):
     register(_make_sep_conv(f"sep_conv_{_k}x1", _k, "1d"))
-for _k in (3, 5):
     register(_make_dil_conv(f"dil_conv_{_k}x1", _k, "1d"))
+for _k in (3, 5):
     register(_make_sep_conv(f"sep_conv_{_k}x{_k}", _k, "2d"))
     register(_make_dil_conv(f"dil_conv_{_k}x{_k}", _k, "2d"))

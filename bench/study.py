@@ -23,7 +23,7 @@ training defaults) on train + validation and tested once:
   the recipe on search-train and scored on validation, for as long as fnas' search took (CPU
   time); the best is retrained like the others (Li and Talwalkar, UAI 2019);
 - ``fnas cell (lean)``: the DARTS cell space without the 1x1 preprocessing where channels match,
-  one late reduction, stem multiplier 1 (the leaner cell skeleton of this round), sized to bind;
+  one late reduction, stem multiplier 1, the wide kx1 primitives (``LEAN_KX1``), sized to bind;
 - ``FCN``: Wang, Yan and Oates (IJCNN 2017), widths (w, 2w, w), kernels 8, 5, 3, the largest w
   within the budget;
 - ``ResNet``: the same paper's residual network (three blocks of k = 8, 5, 3 convolutions with a
@@ -62,6 +62,7 @@ from fnas.core.io import atomic_write_json  # noqa: E402
 from fnas.data import load_ucr, load_watch, make_loader  # noqa: E402
 from fnas.search import SearchConfig, run_search  # noqa: E402
 from fnas.search.defaults import DEFAULTS  # noqa: E402
+from fnas.spaces import primitives as P  # noqa: E402
 from fnas.spaces.cell.config import SpaceConfig  # noqa: E402
 from fnas.spaces.chain import ChainSpaceConfig, for_budget  # noqa: E402
 from fnas.spaces.chain import genotype_cost as chain_cost  # noqa: E402
@@ -182,6 +183,7 @@ def lean_cell_space(ds, b: dict) -> SpaceConfig:
         space = SpaceConfig(
             C=C, num_classes=ds.num_classes, layers=4, in_channels=ds.in_channels, input_shape=ds.input_shape,
             nodes=3, multiplier=2, stem_multiplier=1, reductions=(3,), preprocess="when_needed",
+            primitives=P.LEAN_KX1,
         )  # fmt: skip
         if all(v is None or K.max_cost(space, m) > v for m, v in b.items()):
             return space

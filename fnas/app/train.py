@@ -49,6 +49,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     grad_clip: float = 5.0
+    # recompute BN running statistics over the training data at the end (see recalibrate_bn)
+    recalibrate_bn: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -133,4 +135,37 @@ def train_model(
         history.append(record)
         if on_epoch is not None:
             on_epoch(epoch, record)
+    if cfg.recalibrate_bn:
+        recalibrate_bn(model, train_loader, device=device)
     return history
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, *, device: torch.device | str = "cpu") -> int:
+    """Recompute every BatchNorm's running statistics as the plain average over ``loader``.
+
+    During training the running statistics trail the weights (an exponential average with momentum
+    0.1 over batches of older weights); after a short training they can be far from the final
+    network's, and eval-mode accuracy can collapse (a user saw 0.52 against 1.00 with batch statistics after 3
+    epochs). One pass in train mode with ``momentum=None`` (PyTorch's cumulative average) over the
+    training data, weights frozen, gives the statistics of the final network.
+
+    Returns:
+        The number of BatchNorm layers recalibrated (0: nothing to do).
+    """
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    norms = [m for m in model.modules() if isinstance(m, kinds) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for x, _ in loader:
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return len(norms)

@@ -128,7 +128,8 @@ def run_search(
     for epoch in range(start_epoch, epochs):
         run.epoch(epoch, epochs, steps, resume_at=resume_at if epoch == start_epoch else None,
                   progress=progress, checkpoint_every=checkpoint_every, on_epoch=on_epoch)
-    genotype, first_misses = select_genotype(run.state, cfg, valid_loader, selection, selection_samples, device)
+    genotype, first_misses = select_genotype(run.state, cfg, valid_loader, selection, selection_samples, device,
+                                             progress=progress and run.lead)
     if first_misses and selection == "alphas":
         # the hard guarantee: the strongest genotype (by the alphas) whose exact cost fits
         warnings.warn(
@@ -397,7 +398,9 @@ def selection_batches(valid_loader, n: int, device) -> list:
     return batches
 
 
-def select_genotype(state: SearchState, cfg: SearchConfig, valid_loader, selection: str, n: int, device):
+def select_genotype(
+    state: SearchState, cfg: SearchConfig, valid_loader, selection: str, n: int, device, *, progress: bool = False
+):
     """The final genotype and, when it had to be replaced to meet a budget, how the first pick missed.
 
     Returns:
@@ -405,7 +408,7 @@ def select_genotype(state: SearchState, cfg: SearchConfig, valid_loader, selecti
     """
     if selection == "perturbation":
         scores = perturbation_scores(state.weights, state.alphas, state.stats,
-                                     selection_batches(valid_loader, n, device), cfg=cfg)
+                                     selection_batches(valid_loader, n, device), cfg=cfg, progress=progress)
         first = select_by_perturbation(scores, cfg)
     else:
         scores, first = None, cfg.space.derive(state.alphas)

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from fnas.spaces.cell.genotype import Genotype_CNN, derive_from_scores, validate_genotype
 from fnas.spaces.cell.supernet import apply_supernet, space_of
@@ -29,7 +30,9 @@ Tensor = torch.Tensor
 
 
 @torch.no_grad()
-def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Iterable, *, cfg) -> dict[str, Tensor]:
+def perturbation_scores(
+    weights: dict, alphas: dict, stats: dict, batches: Iterable, *, cfg, progress: bool = False
+) -> dict[str, Tensor]:
     """Rise of the supernet's mean validation loss when each op of each edge is masked.
 
     BatchNorm runs in training mode (batch statistics), as during the search; the running
@@ -39,6 +42,7 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
         weights, alphas, stats: a searched supernet (e.g. ``SearchState`` fields).
         batches: ``(x, y)`` validation batches (a list; it is iterated once per mask).
         cfg: the space (or a search config).
+        progress: show a bar over the masked supernet evaluations (the selection can take minutes).
 
     Returns:
         ``{"normal", "reduce"}``: ``(num_edges, num_primitives)`` float64 tensors; ``-inf`` for
@@ -49,10 +53,13 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
         raise ValueError("perturbation_scores needs at least one validation batch")
     chain = getattr(cfg, "space", cfg)
     if isinstance(chain, ChainSpec):
-        return _chain_scores(weights, alphas, stats, batches, chain)
+        return _chain_scores(weights, alphas, stats, batches, chain, progress)
     space = space_of(cfg)
+    total = sum(alphas[kind].shape[0] * sum(n != "none" for n in space.primitives) for kind in ("normal", "reduce"))
+    bar = _bar(total + 1, progress)
 
     def loss(a: dict) -> float:
+        bar.update()
         return _mean_loss(lambda x: apply_supernet(weights, a, stats, x, cfg=space, train=True)[0], batches)
 
     base = loss(alphas)
@@ -69,6 +76,7 @@ def perturbation_scores(weights: dict, alphas: dict, stats: dict, batches: Itera
                 masked[kind] = a
                 s[e, k] = loss(masked) - base
         scores[kind] = s
+    bar.close()
     return scores
 
 
@@ -81,7 +89,14 @@ def _mean_loss(logits_of, batches: list) -> float:
     return total / n
 
 
-def _chain_scores(weights: dict, alphas: dict, stats: dict, batches: list, space: ChainSpec) -> dict[str, Tensor]:
+def _bar(total: int, enabled: bool):
+    """A tqdm bar over the selection's supernet evaluations (a no-op one when disabled)."""
+    return tqdm(total=total, desc="selection (perturbation)", leave=False, dynamic_ncols=True, disable=not enabled)
+
+
+def _chain_scores(
+    weights: dict, alphas: dict, stats: dict, batches: list, space: ChainSpec, progress: bool = False
+) -> dict[str, Tensor]:
     """The chain space's scores: per block, the rise of the loss when each op is masked.
 
     Only the block's ``CHAIN_TOP`` strongest ops by alpha are measured (the others score ``-inf``):
@@ -89,7 +104,10 @@ def _chain_scores(weights: dict, alphas: dict, stats: dict, batches: list, space
     the width alphas (under the "fill" width policy, widths are set by the budget anyway).
     """
 
+    bar = _bar(1 + sum(min(CHAIN_TOP, alphas[f"b{b}_op"].numel()) for b in range(space.num_blocks)), progress)
+
     def loss(a: dict) -> float:
+        bar.update()
         return _mean_loss(lambda x: space.apply(weights, a, stats, x, train=True)[0], batches)
 
     base = loss(alphas)
@@ -103,6 +121,7 @@ def _chain_scores(weights: dict, alphas: dict, stats: dict, batches: list, space
             s[k] = loss({**alphas, key: a}) - base
         scores[key] = s
         scores[f"b{b}_width"] = alphas[f"b{b}_width"].detach().double()
+    bar.close()
     return scores
 
 

@@ -20,7 +20,9 @@ from fnas.app.figures import int_locator, new_figure, save_figure
 from fnas.spaces.cell.supernet import edge_row
 from fnas.spaces.chain import ChainSpaceConfig
 
-__all__ = ["PLOT_FILES", "plot_alphas", "plot_cells", "plot_curves", "save_figure", "write_plots"]
+__all__ = [
+    "ALL_PLOT_FILES", "PLOT_FILES", "plot_alphas", "plot_cells", "plot_curves", "save_figure", "write_plots",
+]
 
 # file name -> what it shows (the CLI lists these)
 PLOT_FILES = {
@@ -28,8 +30,8 @@ PLOT_FILES = {
     "alphas_reduce.png": "softmax(alpha) of every reduction-cell edge over the search epochs",
     "cells.png": "the final normal and reduction cells",
     "curves.png": "loss and accuracy per epoch (search and training)",
-    **CHAIN_PLOT_FILES,
 }
+ALL_PLOT_FILES = {**PLOT_FILES, **CHAIN_PLOT_FILES}  # the cell space's, then the chain's
 
 
 def _state_name(i: int) -> str:
@@ -368,7 +370,7 @@ def write_plots(
         selection: how the genotype was read off the supernet (``"alphas"``, ``"perturbation"``), for titles.
 
     Returns:
-        The paths of all plots of ``folder`` that exist afterwards, among :data:`PLOT_FILES`.
+        The paths of all plots of ``folder`` that exist afterwards, among :data:`ALL_PLOT_FILES`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -394,4 +396,4 @@ def write_plots(
         if missing_only and path.is_file() and name not in redraw:
             continue
         save_figure(make(), path)
-    return [folder / name for name in PLOT_FILES if (folder / name).is_file()]
+    return [folder / name for name in ALL_PLOT_FILES if (folder / name).is_file()]

@@ -14,7 +14,7 @@ from torch import nn
 
 from fnas.app import runs
 from fnas.app.chain_plots import op_label
-from fnas.app.plots import PLOT_FILES
+from fnas.app.plots import ALL_PLOT_FILES
 from fnas.app.spaces import Space, is_chain
 from fnas.app.train import TrainConfig, evaluate, train_model
 from fnas.cost import Cost, genotype_cost
@@ -195,7 +195,7 @@ def cost_text(cost: Cost) -> str:
 
 def plot_lines(paths: list[Path]) -> list[str]:
     """One line per plot file: where it is and what it shows."""
-    return [f"  {p}  ({PLOT_FILES.get(p.name, '')})" for p in paths]
+    return [f"  {p}  ({ALL_PLOT_FILES.get(p.name, '')})" for p in paths]
 
 
 def export_text(rep: dict, folder: Path) -> str:

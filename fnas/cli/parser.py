@@ -14,7 +14,8 @@ from fnas.spaces.chain import ChainSpaceConfig
 from fnas.spaces.chain.spec import OP_TYPES, WIDTH_POLICIES
 
 AUTO = "auto"
-CELL_OPTIONS = ("C", "layers", "nodes", "multiplier", "stem_multiplier", "primitives", "partial_channels")
+CELL_OPTIONS = ("C", "layers", "nodes", "multiplier", "stem_multiplier", "primitives", "partial_channels", "reductions",
+                "preprocess")
 CHAIN_OPTIONS = ("widths", "width_fractions", "kernels", "dilations", "op_types", "no_identity", "strides",
                  "width_policy")
 
@@ -152,6 +153,11 @@ def _add_search(sub) -> None:
     )
     ce.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
                     help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
+    ce.add_argument("--reductions", type=_list_of(int, "1,3"),
+                    help="indices of the reduction cells ('' for none; default: layers//3 and 2*layers//3)")
+    ce.add_argument("--preprocess", choices=["always", "when_needed"],
+                    help="a cell's 1x1 input preprocessing: 'always' (the seed's, default) or 'when_needed' (only "
+                    "where the channels differ)")
     s.add_argument("--hypergrad", choices=list(HYPERGRADS), default=d["hypergrad"],
                    help="architecture gradient: first order, exact unrolled, or DARTS' finite difference")
     s.add_argument("--unroll-steps", type=int, default=d["unroll_steps"], help="virtual steps for --hypergrad exact")

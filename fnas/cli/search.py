@@ -83,6 +83,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     args.data = absolute_data_spec(args.data)
     log(ds.summary())
     space, sized = build_space(args, ds, given)
+    if "space" not in given and ds.input_shape[1] != 1:
+        log(f"space     {args.space} (images: the chain space takes time series only)")
     if sized:
         log(f"space     {sized}")
     gen_data = torch.Generator().manual_seed(args.seed)

@@ -27,19 +27,25 @@ def space_name(args: argparse.Namespace, ds: Dataset | None, given: set[str]) ->
     return args.space
 
 
-def check_space_options(args: argparse.Namespace, given: set[str]) -> None:
+def check_space_options(args: argparse.Namespace, given: set[str], *, data_known: bool = False) -> None:
     """Options of the other space are an error, not silently ignored.
+
+    Before the data is known (``data_known=False``) only an explicit ``--space`` is checked: without
+    one, 2D data switches the space to cells.
 
     Raises:
         ValueError: naming the options and the space they belong to.
     """
-    if "space" not in given:
-        return  # 2D data may switch the default to cells; checked again once the data is known
+    if "space" not in given and not data_known:
+        return
     wrong = [o for o in (CELL_OPTIONS if args.space == "chain" else CHAIN_OPTIONS) if o in given]
     if wrong:
         other = "cell" if args.space == "chain" else "chain"
-        raise ValueError(f"{', '.join(map(_flag, wrong))} {'is' if len(wrong) == 1 else 'are'} {other}-space "
-                         f"option{'s' if len(wrong) > 1 else ''}, but --space is {args.space}; pass --space {other} "
+        plural = len(wrong) > 1
+        which = "--space" if "space" in given else "the default space" if args.space == DEFAULTS["space"] else (
+            "the space for this 2D data")
+        raise ValueError(f"{', '.join(map(_flag, wrong))} {'are' if plural else 'is a'} {other}-space "
+                         f"option{'s' if plural else ''}, but {which} is {args.space}; pass --space {other} "
                          "or drop them")
 
 
@@ -75,11 +81,19 @@ def _cell(args: argparse.Namespace, ds: Dataset, sized: bool) -> tuple[SpaceConf
         primitives = tuple(p.strip() for p in args.primitives.split(",") if p.strip())
     else:
         primitives = P.SEED_KX1 if ds.input_shape[1] == 1 else P.DARTS_2D
-    space = SpaceConfig(
-        C=args.C or DEFAULTS["C"], num_classes=ds.num_classes, layers=args.layers or DEFAULTS["layers"],
-        in_channels=ds.in_channels, input_shape=ds.input_shape, nodes=args.nodes, multiplier=args.multiplier,
-        stem_multiplier=args.stem_multiplier, primitives=primitives, partial_channels=args.partial_channels,
-    )
+    # passed only when given: SpaceConfig gains these fields with the cell-space redesign
+    extra = {k: getattr(args, k) for k in ("reductions", "preprocess") if getattr(args, k, None) is not None}
+    if "reductions" in extra:
+        extra["reductions"] = tuple(extra["reductions"])
+    try:
+        space = SpaceConfig(
+            C=args.C or DEFAULTS["C"], num_classes=ds.num_classes, layers=args.layers or DEFAULTS["layers"],
+            in_channels=ds.in_channels, input_shape=ds.input_shape, nodes=args.nodes, multiplier=args.multiplier,
+            stem_multiplier=args.stem_multiplier, primitives=primitives, partial_channels=args.partial_channels,
+            **extra,
+        )
+    except TypeError as err:  # a SpaceConfig without the field
+        raise ValueError(f"{', '.join(map(_flag, extra))}: not supported by this version of fnas ({err})") from err
     return size_cell_space(space, _budgets(args)) if sized else (space, None)
 
 
@@ -96,7 +110,7 @@ def build_space(args: argparse.Namespace, ds: Dataset, given: set[str]) -> tuple
             chain space, or a budget no size of the space lets bind.
     """
     args.space = space_name(args, ds, given)
-    check_space_options(args, given | {"space"})
+    check_space_options(args, given, data_known=True)
     has_budget = any(v is not None for v in _budgets(args).values())
     if args.space == "chain":
         return _chain(args, ds, sized=has_budget and args.widths is None)

@@ -178,11 +178,13 @@ def _space(genotype: Genotype_CNN, sizes: dict[str, int], ds: Dataset, base: Spa
     """The network's space: the given sizes, the data's shapes, the genotype's nodes; primitives and
     input BatchNorm from the run (``base``), else the genotype's ops and BatchNorm on."""
     ops = tuple(dict.fromkeys(op for op, _ in list(genotype.normal) + list(genotype.reduce)))
+    # the run's cell skeleton beyond the sizes (fields of newer SpaceConfigs, absent in older ones)
+    skeleton = {k: getattr(base, k) for k in ("reductions", "preprocess") if base is not None and hasattr(base, k)}
     return SpaceConfig(
         C=sizes["C"], num_classes=ds.num_classes, layers=sizes["layers"], in_channels=ds.in_channels,
         input_shape=ds.input_shape, nodes=len(genotype.normal), multiplier=len(list(genotype.normal_concat)),
         stem_multiplier=sizes["stem_multiplier"], primitives=base.primitives if base else ops,
-        with_input_batchnorm=base.with_input_batchnorm if base else True,
+        with_input_batchnorm=base.with_input_batchnorm if base else True, **skeleton,
     )
 
 

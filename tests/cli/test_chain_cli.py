@@ -224,11 +224,13 @@ def test_help_says_what_the_defaults_do():
     (["--widths", "8,x"], "expected comma-separated int values"),
     (["--op-types", "lstm"], "--op-types must be distinct names from"),
     (["--strides", "1,2"], "--strides has 2 entries but widths has 3 blocks"),
-    (["--space", "chain", "--C", "4"], "--C is cell-space option, but --space is chain"),
-    (["--space", "cell", "--kernels", "3"], "--kernels is chain-space option, but --space is cell"),
-], ids=["even-kernel", "zero-width", "not-a-number", "op-type", "strides", "cell-option", "chain-option"])
+    (["--space", "chain", "--C", "4"], "--C is a cell-space option, but --space is chain"),
+    (["--space", "cell", "--kernels", "3"], "--kernels is a chain-space option, but --space is cell"),
+    (["--layers", "3"], "--layers is a cell-space option, but the default space is chain; pass --space cell"),
+], ids=["even-kernel", "zero-width", "not-a-number", "op-type", "strides", "cell-option", "chain-option",
+        "cell-option-default"])
 def test_bad_chain_options(npz, tmp_path, argv, message):
-    base = ["--widths", "8,16,8"] if "--widths" not in argv and "cell" not in argv and "--C" not in argv else []
+    base = ["--widths", "8,16,8"] if not {"--widths", "cell", "--C", "--layers"} & set(argv) else []
     code, _, err = fnas("search", "--data", npz, "--out", tmp_path / "run", "--batch-size", "8", "--epochs", "1",
                         *base, *argv)
     assert code == 2 and message in err, err

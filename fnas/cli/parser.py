@@ -170,7 +170,8 @@ def _add_search(sub) -> None:
     s.add_argument("--arch-weight-decay", type=float, default=d["arch_weight_decay"], help="alpha weight decay")
     s.add_argument("--warmup-epochs", type=_auto_or_int, default=AUTO,
                    help=f"search epochs that train only the weights before the alphas train; 'auto': "
-                   f"{round(100 * d['warmup_fraction'])}%% of the search epochs, rounded down; must be fewer than the epochs")
+                   f"{round(100 * d['warmup_fraction'])}%% of the search epochs, rounded down; must be fewer than "
+                   "the epochs")
     s.add_argument("--train-lr", type=float, default=d["train_lr"], help="learning rate for training the found network")
     s.add_argument("--seed", type=int, default=d["seed"], help="random seed (init and batch order)")
     s.add_argument("--mode", dest="penalty_mode", default=None,

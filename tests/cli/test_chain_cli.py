@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cli import PNG, fnas, series
+from test_cli import PNG, TINY, fnas, series
 
 from fnas.app import runs
 from fnas.app.spaces import space_from_dict
@@ -244,3 +244,19 @@ def test_the_chain_space_takes_time_series_only(tmp_path):
     code, _, err = fnas("search", "--data", path, "--out", tmp_path / "run", "--space", "chain", "--epochs", "1")
     assert code == 2 and "the chain space is kx1 (time series) only; pass --space cell" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cell_run_from_before_the_chain_space_resumes_as_cells(npz, tmp_path):
+    """config.json of older runs names no space: it is a cell run, though the default is now the chain."""
+    folder = tmp_path / "old"
+    code, _, err = fnas("search", "--data", npz, "--out", folder, "--train-epochs", "0", *TINY)
+    assert code == 0, err
+    config = json.loads((folder / "config.json").read_text())
+    del config["cli"]["space"], config["search"]["space"]["type"]
+    (folder / "config.json").write_text(json.dumps(config))
+    want = json.loads((folder / "genotype.json").read_text())
+    (folder / "genotype.json").unlink()
+    code, out, err = fnas("search", "--resume", folder, "--quiet")
+    assert code == 0, err
+    assert json.loads((folder / "genotype.json").read_text()) == want and "normal" in want
+    assert runs.open_run(folder).space.C == 4

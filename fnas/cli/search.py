@@ -92,6 +92,9 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     schedule = resolve_schedule(args.epochs, args.warmup_epochs, steps_per_epoch=len(train_loader))
     log(f"schedule  {schedule.describe(auto=args.epochs == AUTO)}")
     cfg = _search_config(args, space, schedule)
+    if cfg.penalty_metrics and not cfg.penalty_weight and all(b is None for b in cfg.budgets.values()):
+        log(f"note      --mode {args.penalty_mode} has no effect: the penalty weight is 0 (the {args.space} space's "
+            "default); pass --penalty-weight, or a budget (--max-params ...), which the genotype then meets")
     selection = args.selection or selection_for(space)
     train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr) if args.train_epochs else None
 

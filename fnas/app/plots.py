@@ -1,4 +1,5 @@
-"""Pictures of a run (PNG, matplotlib's Agg canvas): edge weights over the search, cell diagrams, curves.
+"""Pictures of a run (PNG, matplotlib's Agg canvas): edge weights over the search, cell diagrams, curves;
+the chain space's pictures are :mod:`fnas.app.chain_plots`'s.
 
 Figures are built on ``matplotlib.figure.Figure`` with an explicit Agg canvas, never through
 ``pyplot``: no global backend switch, no GUI, safe to call from any process. Files are written
@@ -7,7 +8,6 @@ atomically, so a crash never leaves a half-written PNG.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -15,10 +15,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fnas.core.io import atomic_write_bytes
+from fnas.app.chain_plots import CHAIN_PLOT_FILES, plot_chain, plot_chain_alphas
+from fnas.app.figures import int_locator, new_figure, save_figure
 from fnas.spaces.cell.supernet import edge_row
+from fnas.spaces.chain import ChainSpaceConfig
 
-__all__ = ["PLOT_FILES", "plot_alphas", "plot_cells", "plot_curves", "save_figure", "write_plots"]
+__all__ = [
+    "ALL_PLOT_FILES", "PLOT_FILES", "plot_alphas", "plot_cells", "plot_curves", "save_figure", "write_plots",
+]
 
 # file name -> what it shows (the CLI lists these)
 PLOT_FILES = {
@@ -27,25 +31,7 @@ PLOT_FILES = {
     "cells.png": "the final normal and reduction cells",
     "curves.png": "loss and accuracy per epoch (search and training)",
 }
-
-_DPI = 110
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Render ``fig`` to PNG and write it atomically; returns the path."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+ALL_PLOT_FILES = {**PLOT_FILES, **CHAIN_PLOT_FILES}  # the cell space's, then the chain's
 
 
 def _state_name(i: int) -> str:
@@ -115,7 +101,7 @@ def plot_alphas(
     # n >= 4: the legend fits in the empty upper triangle of the grid; else it gets a right margin
     margin = 0.0 if nodes >= 4 else 2.3
     width = 2.5 * cols + 0.6 + margin
-    fig = _figure(width, 1.9 * nodes + 1.5)
+    fig = new_figure(width, 1.9 * nodes + 1.5)
     axes = fig.subplots(nodes, cols, squeeze=False, sharex=True, sharey=True)
     marker = "o" if epochs <= 15 else None
     for j in range(1, nodes + 1):
@@ -145,7 +131,7 @@ def plot_alphas(
                 ax.set_ylabel("weight", fontsize=8)
             if j == nodes:
                 ax.set_xlabel("search epoch", fontsize=8)
-            ax.xaxis.set_major_locator(_int_locator())
+            ax.xaxis.set_major_locator(int_locator())
     handles, labels = axes[-1][0].get_legend_handles_labels()
     if warmup_epochs > 0:
         from matplotlib.patches import Patch
@@ -164,12 +150,6 @@ def plot_alphas(
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, right, 0.97 if sep == " " else 0.93))
     return fig
-
-
-def _int_locator():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True, nbins=5)
 
 
 _DX, _DY = 2.2, 0.62  # column and row spacing of the cell diagrams (data units)
@@ -261,7 +241,7 @@ def plot_cells(genotype, *, title: str | None = None, primitives: Sequence[str] 
         widths.append(_DX * (d + 1) + 1.0)
         heights.append(_DY * max(len(cell) - 1, 1) + 0.9)
     inch = 1.0  # inches per data unit
-    fig = _figure(max(6.0, inch * sum(widths) + 0.6), inch * max(heights) + 0.8)
+    fig = new_figure(max(6.0, inch * sum(widths) + 0.6), inch * max(heights) + 0.8)
     axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": widths})
     for ax, kind in zip(axes, ("normal", "reduce"), strict=True):
         _draw_cell(ax, list(getattr(genotype, kind)), list(getattr(genotype, f"{kind}_concat")),
@@ -317,7 +297,7 @@ def plot_curves(
         raise ValueError("plot_curves needs metrics records with phase 'search' or 'train'")
     cost_keys = sorted({k for p, recs in phases if p == "search" for r in recs for k in r if k.startswith("expected_")})
     ncols = 3 if cost_keys else 2
-    fig = _figure(4.2 * ncols, 3.1 * len(phases) + 0.4)
+    fig = new_figure(4.2 * ncols, 3.1 * len(phases) + 0.4)
     axes = fig.subplots(len(phases), ncols, squeeze=False)
     for row, (phase, recs) in enumerate(phases):
         ax_loss, ax_acc = axes[row][0], axes[row][1]
@@ -335,7 +315,7 @@ def plot_curves(
             ax.set_title(f"{phase}: {what} {'loss' if metric == 'loss' else 'accuracy'}", fontsize=10)
             ax.set_xlabel(f"{phase} epoch", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.xaxis.set_major_locator(_int_locator())
+            ax.xaxis.set_major_locator(int_locator())
         if phase == "train" and test_acc is not None:
             ax_acc.axhline(test_acc, color="C3", ls=":", lw=1.5, label=f"held-out test {test_acc:.3f}")
         ax_loss.set_ylabel("cross-entropy", fontsize=9)
@@ -354,7 +334,7 @@ def plot_curves(
             ax_cost.set_xlabel("search epoch", fontsize=9)
             ax_cost.grid(alpha=0.3)
             ax_cost.legend(fontsize=8)
-            ax_cost.xaxis.set_major_locator(_int_locator())
+            ax_cost.xaxis.set_major_locator(int_locator())
     fig.tight_layout()
     return fig
 
@@ -370,32 +350,44 @@ def write_plots(
     warmup_epochs: int = 0,
     missing_only: bool = False,
     redraw: Sequence[str] = (),
+    chain: ChainSpaceConfig | None = None,
+    selection: str | None = None,
 ) -> list[Path]:
     """Write every plot the given data allows into ``folder`` (created if needed).
 
     Args:
         folder: where the PNGs go (a run's ``plots/``).
-        genotype: the final genotype (``cells.png``; highlights in the alpha plots).
-        primitives: the space's primitives (needed for the alpha plots).
-        alpha_history: per-epoch softmax weights (``alphas_normal.png``, ``alphas_reduce.png``).
+        genotype: the final genotype (``cells.png`` or ``chain.png``; highlights in the alpha plots).
+        primitives: the cell space's primitives (needed for its alpha plots).
+        alpha_history: per-epoch softmax weights (``alphas_normal.png``, ``alphas_reduce.png``; for a
+            chain ``alphas_chain.png``).
         records: ``metrics.jsonl`` records (``curves.png``).
         test_acc: held-out accuracy to mark on the training curves.
         warmup_epochs: weight-only search epochs to shade.
         missing_only: keep existing PNGs, write only absent ones.
         redraw: file names to write even with ``missing_only`` (plots whose data changed).
+        chain: the chain space of a chain genotype (its plots replace the cell plots).
+        selection: how the genotype was read off the supernet (``"alphas"``, ``"perturbation"``), for titles.
 
     Returns:
-        The paths of all plots of ``folder`` that exist afterwards, among :data:`PLOT_FILES`.
+        The paths of all plots of ``folder`` that exist afterwards, among :data:`ALL_PLOT_FILES`.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     jobs = {}
-    if alpha_history and primitives:
+    if chain is not None:
+        if alpha_history:
+            jobs["alphas_chain.png"] = lambda: plot_chain_alphas(
+                alpha_history, chain, genotype=genotype, warmup_epochs=warmup_epochs, selection=selection
+            )
+        if genotype is not None:
+            jobs["chain.png"] = lambda: plot_chain(genotype, chain, selection=selection)
+    elif alpha_history and primitives:
         for kind in ("normal", "reduce"):
             jobs[f"alphas_{kind}.png"] = lambda kind=kind: plot_alphas(
                 alpha_history, primitives, kind=kind, genotype=genotype, warmup_epochs=warmup_epochs
             )
-    if genotype is not None:
+    if genotype is not None and chain is None:
         jobs["cells.png"] = lambda: plot_cells(genotype, primitives=primitives)
     if records and any(r.get("phase") in ("search", "train") for r in records):
         jobs["curves.png"] = lambda: plot_curves(records, test_acc=test_acc, warmup_epochs=warmup_epochs)
@@ -404,4 +396,4 @@ def write_plots(
         if missing_only and path.is_file() and name not in redraw:
             continue
         save_figure(make(), path)
-    return [folder / name for name in PLOT_FILES if (folder / name).is_file()]
+    return [folder / name for name in ALL_PLOT_FILES if (folder / name).is_file()]

@@ -3,8 +3,8 @@
 Layout of a run folder (``fnas search`` writes all of it; ``fnas train --out`` all but the
 search files, so ``show`` and ``export`` work on either)::
 
-    config.json      everything needed to replay the run (``fnas search --config``)
-    genotype.json    the derived genotype
+    config.json      everything needed to replay the run (``fnas search --config``), the space with its type
+    genotype.json    the derived genotype (a chain's carries its space, see :mod:`fnas.app.spaces`)
     metrics.jsonl    one JSON record per epoch, ``phase`` "search" or "train"
     alphas.pt        softmax(alphas) per search epoch
     checkpoint.pt    the whole search state, for ``fnas search --resume`` (see fnas.search.loop)
@@ -18,7 +18,6 @@ Every write is atomic (:mod:`fnas.core.io`): a crash leaves the old file or the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,13 +25,13 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from fnas.app.plots import write_plots
+from fnas.app.spaces import Space, genotype_json, is_chain, space_from_dict
 from fnas.app.train import build_network
 from fnas.core.io import append_jsonl, atomic_torch_save, atomic_write_json, safe_torch_load
 from fnas.cost import Cost
 from fnas.data import Dataset
-from fnas.search.defaults import DEFAULTS
-from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype, save_genotype
+from fnas.search.defaults import DEFAULTS, selection_for
+from fnas.spaces.cell.genotype import load_genotype, save_genotype
 
 CONFIG, GENOTYPE, METRICS, ALPHAS = "config.json", "genotype.json", "metrics.jsonl", "alphas.pt"
 CHECKPOINT, MODEL, SUMMARY, PLOTS_DIR = "checkpoint.pt", "model.pt", "summary.json", "plots"
@@ -45,8 +44,8 @@ class Run(NamedTuple):
 
     path: Path
     config: dict
-    space: SpaceConfig
-    genotype: Genotype_CNN
+    space: Space  # SpaceConfig (cells) or ChainSpaceConfig
+    genotype: Any  # Genotype_CNN or ChainGenotype
     summary: dict | None
 
     @property
@@ -57,7 +56,18 @@ class Run(NamedTuple):
     @property
     def warmup_epochs(self) -> int:
         """Weight-only search epochs (0 for a run that did not search)."""
-        return int(self.config.get("cli", {}).get("warmup_epochs") or 0) if "search" in self.config else 0
+        if "search" not in self.config:
+            return 0
+        schedule = self.config.get("schedule") or {}  # the resolved "auto" values
+        value = schedule.get("warmup_epochs", self.config.get("cli", {}).get("warmup_epochs"))
+        return value if isinstance(value, int) else 0
+
+    @property
+    def selection(self) -> str | None:
+        """How the search read the genotype off the supernet (``None`` for a run that did not search)."""
+        if "search" not in self.config:
+            return None
+        return self.config.get("selection") or self.config.get("cli", {}).get("selection") or selection_for(self.space)
 
     @property
     def trained(self) -> bool:
@@ -75,22 +85,6 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err}); restore it from a copy") from err
-
-
-def space_from_dict(data: Any, where: str) -> SpaceConfig:
-    """The :class:`SpaceConfig` saved in a run config (lists back to tuples; unknown keys ignored).
-
-    Raises:
-        ValueError: no space there, or one ``SpaceConfig`` rejects.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} has no search space ('search.space' or 'space'); was it written by fnas?")
-    names = {f.name for f in dataclasses.fields(SpaceConfig)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
-    try:
-        return SpaceConfig(**kw)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: the saved search space is invalid ({err})") from err
 
 
 def open_run(path: Path) -> Run:
@@ -117,7 +111,10 @@ def open_run(path: Path) -> Run:
         raise ValueError(f"{str(path / CONFIG)!r} is not an fnas run config")
     space_dict = (config.get("search") or {}).get("space") if isinstance(config.get("search"), dict) else None
     space = space_from_dict(space_dict or config.get("space"), str(path / CONFIG))
-    genotype = load_genotype(path / GENOTYPE)
+    if is_chain(space):
+        genotype = space.genotype_from_dict(read_json(path / GENOTYPE, "genotype file"))
+    else:
+        genotype = load_genotype(path / GENOTYPE)
     summary = read_json(path / SUMMARY, "run summary") if (path / SUMMARY).is_file() else None
     return Run(path, config, space, genotype, summary if isinstance(summary, dict) else None)
 
@@ -127,9 +124,12 @@ def write_config(folder: Path, config: dict) -> None:
     atomic_write_json(Path(folder) / CONFIG, config)
 
 
-def write_genotype(folder: Path, genotype: Genotype_CNN) -> None:
-    """Write ``genotype.json``."""
-    save_genotype(genotype, Path(folder) / GENOTYPE)
+def write_genotype(folder: Path, genotype: Any, space: Space | None = None) -> None:
+    """Write ``genotype.json``: a cell genotype in the seed's format; a chain genotype with its ``space``."""
+    if space is not None and is_chain(space):
+        atomic_write_json(Path(folder) / GENOTYPE, genotype_json(genotype, space))
+    else:
+        save_genotype(genotype, Path(folder) / GENOTYPE)
 
 
 def write_summary(folder: Path, summary: dict) -> None:
@@ -204,7 +204,7 @@ def load_model(run: Run) -> nn.Module:
     return model.eval()
 
 
-def check_fits(ds: Dataset, space: SpaceConfig, where: str) -> None:
+def check_fits(ds: Dataset, space: Space, where: str) -> None:
     """The dataset must have the shapes and classes the run's network was built for.
 
     Raises:
@@ -233,22 +233,24 @@ def cost_summary(cost: Cost) -> dict:
 def write_run_plots(
     folder: Path,
     *,
-    genotype: Genotype_CNN,
-    space: SpaceConfig,
+    genotype: Any,
+    space: Space,
     alphas: list | None = None,
     test_acc: float | None = None,
     warmup_epochs: int = 0,
+    selection: str | None = None,
     missing_only: bool = False,
     redraw: tuple[str, ...] = (),
 ) -> list[Path]:
-    """Draw the run's plots into ``plots/`` from its genotype, metrics and alphas.
+    """Draw the run's plots into ``plots/`` from its genotype, metrics and alphas (cell or chain plots).
 
     Returns:
         The plot files that exist afterwards (see :func:`fnas.app.plots.write_plots`).
     """
     folder = Path(folder)
+    chain = space if is_chain(space) else None
     return write_plots(
-        folder / PLOTS_DIR, genotype=genotype, primitives=list(space.primitives), alpha_history=alphas,
-        records=read_metrics(folder), test_acc=test_acc, warmup_epochs=warmup_epochs,
-        missing_only=missing_only, redraw=redraw,
+        folder / PLOTS_DIR, genotype=genotype, primitives=None if chain else list(space.primitives),
+        alpha_history=alphas, records=read_metrics(folder), test_acc=test_acc, warmup_epochs=warmup_epochs,
+        missing_only=missing_only, redraw=redraw, chain=chain, selection=selection,
     )

@@ -8,35 +8,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import Genotype_CNN
-from fnas.spaces.cell.network import NetworkCnn
+from fnas.spaces.chain import ChainSpaceConfig
 
 
-def build_network(space: SpaceConfig, genotype: Genotype_CNN, gen: torch.Generator | None = None) -> NetworkCnn:
+def build_network(
+    space: SpaceConfig | ChainSpaceConfig, genotype: Any, gen: torch.Generator | None = None
+) -> nn.Module:
     """The fixed network of ``genotype`` sized by ``space`` (the one place its arguments are spelled).
 
     Args:
-        space: channels, cells, nodes, input and classes of the network.
-        genotype: the cells to build.
+        space: channels, cells, nodes, input and classes of the network (cells), or a chain space.
+        genotype: the cells to build (a ``Genotype_CNN``), or a ``ChainGenotype``.
         gen: generator of the initial weights; ``None`` seeds one with 0, so the same call gives
             the same network (what loading a state_dict into it needs).
 
     Raises:
-        ValueError: the genotype does not fit ``space`` (nodes, multiplier, 1D vs 2D ops).
+        ValueError: the genotype does not fit ``space`` (nodes, multiplier, 1D vs 2D ops; a chain's blocks).
     """
-    # stands in for SpaceConfig.network(genotype) until the space builds its own network
-    return NetworkCnn(
-        space.C, space.num_classes, space.layers, genotype, space.in_channels, space.with_input_batchnorm,
-        space.nodes, space.multiplier, space.stem_multiplier,
-        gen=gen or torch.Generator().manual_seed(0), kx1=space.is_1d,
-        reductions=space.reduction_layers, preprocess=space.preprocess,
-    )
+    return space.network(genotype, gen=gen or torch.Generator().manual_seed(0))
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from fnas.app import runs
-from fnas.app.plots import PLOT_FILES
+from fnas.app.chain_plots import op_label
+from fnas.app.plots import ALL_PLOT_FILES
+from fnas.app.spaces import Space, is_chain
 from fnas.app.train import TrainConfig, evaluate, train_model
-from fnas.cost import Cost
+from fnas.cost import Cost, genotype_cost
 from fnas.data import Dataset, make_loader
-from fnas.spaces.cell.genotype import Genotype_CNN
 
 TEST_BATCH = 256  # evaluation only: any size gives the same accuracy
 
@@ -137,12 +138,51 @@ def _cell_text(cell, concat) -> str:
     return f"{nodes}; out = concat({', '.join(f'n{k}' for k in concat)})"
 
 
-def genotype_lines(genotype: Genotype_CNN) -> list[str]:
-    """The two cells, one line each, as ``n1 = op(in), ...; out = concat(...)``."""
+def genotype_lines(genotype: Any, space: Space | None = None) -> list[str]:
+    """A cell genotype's two cells, one line each, as ``n1 = op(in), ...; out = concat(...)``; a chain
+    genotype's blocks, one line each (see :func:`chain_lines`)."""
+    if space is not None and is_chain(space):
+        return chain_lines(genotype, space)
     return [
         f"  normal  {_cell_text(genotype.normal, genotype.normal_concat)}",
         f"  reduce  {_cell_text(genotype.reduce, genotype.reduce_concat)}",
     ]
+
+
+def chain_lines(genotype: Any, space: Space) -> list[str]:
+    """One line per part of a chain network: input BN, each block (op, kernel, dilation, width, stride), the head,
+    with its exact parameters, MACs and peak live activations (int8 bytes, batch 1)."""
+    cost = genotype_cost(genotype, space)
+
+    def peak(prefix: str) -> int:
+        return max((live for step, live in cost.schedule if step.startswith(prefix)), default=0)
+
+    def line(name: str, what: str, key: str, prefix: str) -> str:
+        p, m = cost.parts.get(key, (0, 0))
+        sram = peak(prefix)
+        return f"  {name:<9}{what:<24}{p:>9,} params {m:>12,} MACs" + (f" {sram:>9,} B SRAM" if sram else "")
+
+    lines = []
+    if "input_bn" in cost.parts:
+        lines.append(line("input", f"BatchNorm, {space.in_channels} ch", "input_bn", "input_bn"))
+    for b, ((op, width), stride) in enumerate(zip(genotype.blocks, space.strides)):
+        key = f"blocks.{b}.{op}"
+        what = "identity (skipped)" if op == "identity" else f"{op_label(op)}, width {width}"
+        lines.append(line(f"block {b}", what + (f", stride {stride}" if stride > 1 else ""), key, key))
+    lines.append(line("head", f"pool, linear {genotype.blocks[-1][1]}->{space.num_classes}", "head", "head"))
+    return lines
+
+
+def space_text(space: Space) -> str:
+    """The searched network's skeleton on one line."""
+    shape = f"input {space.in_channels} x {tuple(space.input_shape)}, {space.num_classes} classes"
+    if is_chain(space):
+        strides = f", strides {list(space.strides)}" if any(s > 1 for s in space.strides) else ""
+        return (f"chain of {space.num_blocks} blocks, max widths {list(space.widths)}{strides}, kernels "
+                f"{list(space.kernels)}, dilations {list(space.dilations)}, ops {'/'.join(space.op_types)}"
+                f"{' + identity' if space.identity else ''}, width policy {space.width_policy}, {shape}")
+    return (f"C={space.C}, {space.layers} cells (reductions at {list(space.reduction_layers)}), {space.nodes} nodes, "
+            f"multiplier {space.multiplier}, stem {space.stem_multiplier}*C, {shape}")
 
 
 def cost_text(cost: Cost) -> str:
@@ -155,7 +195,7 @@ def cost_text(cost: Cost) -> str:
 
 def plot_lines(paths: list[Path]) -> list[str]:
     """One line per plot file: where it is and what it shows."""
-    return [f"  {p}  ({PLOT_FILES.get(p.name, '')})" for p in paths]
+    return [f"  {p}  ({ALL_PLOT_FILES.get(p.name, '')})" for p in paths]
 
 
 def export_text(rep: dict, folder: Path) -> str:

@@ -10,8 +10,52 @@ from fnas.app.export import OPSET
 from fnas.search import HYPERGRADS, SELECTIONS
 from fnas.search.defaults import DEFAULTS
 from fnas.spaces import primitives as P
+from fnas.spaces.chain import ChainSpaceConfig
+from fnas.spaces.chain.spec import OP_TYPES, WIDTH_POLICIES
 
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+AUTO = "auto"
+CELL_OPTIONS = ("C", "layers", "nodes", "multiplier", "stem_multiplier", "primitives", "partial_channels", "reductions",
+                "preprocess")
+CHAIN_OPTIONS = ("widths", "width_fractions", "kernels", "dilations", "op_types", "no_identity", "strides",
+                 "width_policy")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (their help says what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+_FMT = _Formatter
+
+
+def _list_of(kind: type, example: str):
+    """An argparse type: a comma-separated list of ``kind`` as a tuple."""
+
+    def parse(text: str) -> tuple:
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        try:
+            return tuple(kind(t) for t in items)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} values, e.g. {example}, got {text!r}"
+            ) from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _auto_or_int(text: str) -> str | int:
+    """An argparse type: ``auto`` or an integer."""
+    if str(text).strip().lower() == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {text!r}") from None
 
 
 def _add_data(p: argparse.ArgumentParser, default: str | None, note: str = "") -> None:
@@ -39,7 +83,8 @@ def _add_search(sub) -> None:
         "search",
         help="search an architecture, train it from scratch, report held-out accuracy",
         description=(
-            "Search a cell architecture with DARTS on a dataset, train the found network from scratch "
+            "Search an architecture (a chain of conv blocks, or DARTS cells) with differentiable NAS on a "
+            "dataset, train the found network from scratch "
             "on train+valid, evaluate it on the held-out test split, and write a run folder "
             "(config.json, genotype.json, metrics.jsonl, alphas.pt, checkpoint.pt, model.pt, "
             "summary.json, plots/). Under torchrun (e.g. `torchrun --nproc_per_node 4 -m fnas search "
@@ -58,21 +103,61 @@ def _add_search(sub) -> None:
     s.add_argument("--config", type=Path,
                    help="replay a run: a run folder or its config.json (options given here override it)")
     s.add_argument("--out", type=Path, help="run folder to create (default: runs/<data>-<time>)")
-    s.add_argument("--epochs", type=int, default=d["epochs"], help="search epochs")
+    s.add_argument("--epochs", type=_auto_or_int, default=AUTO,
+                   help=f"search epochs; 'auto': the fewest that give at least {d['min_search_steps']} search steps, "
+                   f"ceil({d['min_search_steps']} / steps per epoch), steps per epoch = training samples // "
+                   "--batch-size (the watch data at batch 64: 32 steps, so 10 epochs; a dataset of 390 series: "
+                   "100 epochs)")
     s.add_argument("--train-epochs", type=int, default=d["train_epochs"],
                    help="epochs to train the found network (0: search only; train later with `fnas train RUN`)")
     s.add_argument("--batch-size", type=int, default=d["batch_size"], help="batch size (search and training)")
-    s.add_argument("--C", type=int, default=d["C"], help="initial channels")
-    s.add_argument("--layers", type=int, default=d["layers"], help="cells; layers//3 and 2*layers//3 reduce")
-    s.add_argument("--nodes", type=int, default=d["nodes"], help="intermediate nodes per cell")
-    s.add_argument("--multiplier", type=int, default=d["multiplier"], help="nodes concatenated into a cell's output")
-    s.add_argument("--stem-multiplier", type=int, default=d["stem_multiplier"], help="stem width = this * C")
-    s.add_argument(
+    s.add_argument("--space", choices=["chain", "cell"], default=d["space"],
+                   help="search space: 'chain' (a chain of conv blocks searching op, kernel, dilation, width and "
+                   "depth; kx1 time series only) or 'cell' (the seed's DARTS cells); without --space, 2D data "
+                   "(images) uses cells")
+    ch = s.add_argument_group("chain space (--space chain)")
+    base = ChainSpaceConfig()
+    ch.add_argument("--widths", type=_list_of(int, "32,64,64,32"),
+                    help="maximum output width per block, one per block (default: "
+                    f"{','.join(map(str, d['chain_widths']))}, scaled to the budget when one is given)")
+    ch.add_argument("--width-fractions", type=_list_of(float, "0.5,1"),
+                    help="width choices of a block as fractions of its maximum width (default: "
+                    f"{','.join(map(str, base.width_fractions))})")
+    ch.add_argument("--kernels", type=_list_of(int, "3,5,7"),
+                    help=f"odd kernel sizes (default: {','.join(map(str, base.kernels))})")
+    ch.add_argument("--dilations", type=_list_of(int, "1,2"),
+                    help=f"dilations (default: {','.join(map(str, base.dilations))})")
+    ch.add_argument("--op-types", type=_list_of(str, "conv"),
+                    help=f"op types among {','.join(OP_TYPES)}: conv-BN-ReLU, depthwise-separable (default: all)")
+    ch.add_argument("--no-identity", action="store_true",
+                    help="no identity (skip) choice: every block is a conv (no depth search)")
+    ch.add_argument("--strides", type=_list_of(int, "1,2,1,1"),
+                    help="stride per block (default: all 1)")
+    ch.add_argument("--width-policy", choices=list(WIDTH_POLICIES),
+                    help="how widths are read off: 'fill' (the widest the budget allows, default) or 'alphas' "
+                    "(the width alphas' argmax)")
+    ce = s.add_argument_group("cell space (--space cell)")
+    ce.add_argument("--C", type=int,
+                    help=f"initial channels (default: {d['C']}, or with a budget and neither --C nor --layers: "
+                    "the smallest even C whose largest cell network exceeds the budget)")
+    ce.add_argument("--layers", type=int,
+                    help=f"cells; layers//3 and 2*layers//3 reduce (default: {d['layers']})")
+    ce.add_argument("--nodes", type=int, default=d["nodes"], help="intermediate nodes per cell")
+    ce.add_argument("--multiplier", type=int, default=d["multiplier"], help="nodes concatenated into a cell's output")
+    ce.add_argument("--stem-multiplier", type=int, default=d["stem_multiplier"], help="stem width = this * C")
+    ce.add_argument(
         "--primitives",
         default=d["primitives"],
         help=f"comma-separated primitives (default: the seed's kx1 set for time series, DARTS' 2D set for "
         f"images); known: {','.join(P.names())}",
     )
+    ce.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
+                    help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
+    ce.add_argument("--reductions", type=_list_of(int, "1,3"),
+                    help="indices of the reduction cells ('' for none; default: layers//3 and 2*layers//3)")
+    ce.add_argument("--preprocess", choices=["always", "when_needed"],
+                    help="a cell's 1x1 input preprocessing: 'always' (the seed's, default) or 'when_needed' (only "
+                    "where the channels differ)")
     s.add_argument("--hypergrad", choices=list(HYPERGRADS), default=d["hypergrad"],
                    help="architecture gradient: first order, exact unrolled, or DARTS' finite difference")
     s.add_argument("--unroll-steps", type=int, default=d["unroll_steps"], help="virtual steps for --hypergrad exact")
@@ -83,27 +168,33 @@ def _add_search(sub) -> None:
     s.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm")
     s.add_argument("--arch-lr", type=float, default=d["arch_lr"], help="Adam learning rate of the alphas")
     s.add_argument("--arch-weight-decay", type=float, default=d["arch_weight_decay"], help="alpha weight decay")
-    s.add_argument("--warmup-epochs", type=int, default=d["warmup_epochs"], help="epochs of weight-only training first")
+    s.add_argument("--warmup-epochs", type=_auto_or_int, default=AUTO,
+                   help=f"search epochs that train only the weights before the alphas train; 'auto': "
+                   f"{round(100 * d['warmup_fraction'])}%% of the search epochs, rounded down; must be fewer than "
+                   "the epochs")
     s.add_argument("--train-lr", type=float, default=d["train_lr"], help="learning rate for training the found network")
     s.add_argument("--seed", type=int, default=d["seed"], help="random seed (init and batch order)")
     s.add_argument("--mode", dest="penalty_mode", default=None,
                    help="resource-aware search: 'Memory' (parameters), 'Compute' (MACs), 'SRAM' (peak "
                    "activations), or a combination like 'Memory+Compute'")
-    s.add_argument("--penalty-weight", type=float, default=d["penalty_weight"], help="weight of the resource penalty")
+    s.add_argument("--penalty-weight", type=float,
+                   help=f"weight of the resource penalty (default: the space's: {d['penalty_weight']} on cells, "
+                   f"{d['chain_penalty_weight']} on chains, where the exact knapsack meets the budget)")
     s.add_argument("--beta-weight", type=float, default=d["beta_weight"],
                    help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
-    s.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
-                   help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
-    s.add_argument("--selection", choices=list(SELECTIONS), default=d["selection"],
-                   help="how the genotype is read off the supernet: per node the op whose removal raises the "
-                   "validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS)")
+    s.add_argument("--selection", choices=list(SELECTIONS),
+                   help="how the genotype is read off the supernet: per node (block) the op whose removal raises "
+                   "the validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS) "
+                   f"(default: the space's: {d['chain_selection']!r} on chains, {d['selection']!r} on cells)")
     s.add_argument("--compile", action="store_true",
                    help="run the whole search step under torch.compile (inductor): about 2x faster steps on "
                    "CPU for the default network (2.9x for --hypergrad exact, equal to eager within float32's own "
                    "spread: see README), after a first compile of about 12 minutes (32 for exact) that later "
                    "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
                    "searches and repeated runs; not under torchrun")
-    s.add_argument("--max-params", type=int, help="parameter budget (turns on the 'Memory' penalty)")
+    s.add_argument("--max-params", type=int,
+                   help="parameter budget (turns on the 'Memory' penalty). With a budget and no size option "
+                   "(--widths on chains, --C / --layers on cells) the space is sized so that the budget binds")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
     s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
                    help="peak activation budget in bytes at int8 (turns on the 'SRAM' penalty)")

@@ -1,4 +1,4 @@
-"""``fnas search``: search a cell on a dataset, train the found network, write and report a run folder.
+"""``fnas search``: search a chain or cells on a dataset, train the found network, write and report a run folder.
 
 Under torchrun the search runs data-parallel; rank 0 alone writes the run folder and trains.
 """
@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from fnas.app import runs
+from fnas.app.spaces import Space, space_to_dict
 from fnas.app.train import TrainConfig
 from fnas.cli.common import (
     absolute_data_spec,
@@ -32,25 +34,45 @@ from fnas.cli.common import (
     train_and_test,
 )
 from fnas.cli.distributed import close_distributed, dist_env, init_distributed
-from fnas.cli.parser import given_options
+from fnas.cli.parser import AUTO, given_options
+from fnas.cli.space import build_space, check_space_options
 from fnas.cost import Cost, check_budget, genotype_cost
 from fnas.data import Dataset, load_dataset, make_loader
 from fnas.search.config import SearchConfig
+from fnas.search.defaults import DEFAULTS, selection_for
 from fnas.search.loop import SearchResult, run_search
-from fnas.spaces import primitives as P
-from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import genotype_to_dict
 
 Log = Callable[[str], None]
+
+
+class Schedule(NamedTuple):
+    """The search's length with ``auto`` resolved: epochs, weight-only epochs, steps per epoch."""
+
+    epochs: int
+    warmup_epochs: int
+    steps_per_epoch: int
+
+    @property
+    def steps(self) -> int:
+        """Search steps in all."""
+        return self.epochs * self.steps_per_epoch
+
+    def describe(self, *, auto: bool) -> str:
+        """One line: epochs, steps, warm-up (and why, for ``--epochs auto``)."""
+        why = f" (--epochs auto: at least {DEFAULTS['min_search_steps']} steps)" if auto else ""
+        return (f"{self.epochs} search epochs x {self.steps_per_epoch} steps = {self.steps} steps{why}; the first "
+                f"{self.warmup_epochs} epochs train the weights only")
 
 
 def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``fnas search``; returns the exit code."""
     args = _resume_options(args, argv)
+    given = given_options(argv)
     rank, world = dist_env()
     lead = rank == 0  # the only process that prints and writes the run folder
     log = make_log(lead)
     _check_options(args, world)
+    check_space_options(args, given)
     set_threads(args)
     device = pick_device(args.device)
     if args.out is not None and args.resume is None and lead:
@@ -60,32 +82,45 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     ds = load_dataset(args.data)
     args.data = absolute_data_spec(args.data)
     log(ds.summary())
-    space = _space(args, ds)
+    space, sized = build_space(args, ds, given)
+    if "space" not in given and ds.input_shape[1] != 1:
+        log(f"space     {args.space} (images: the chain space takes time series only)")
+    if sized:
+        log(f"space     {sized}")
     gen_data = torch.Generator().manual_seed(args.seed)
     train_loader, valid_loader = _search_loaders(args, ds, gen_data)
-    cfg = _search_config(args, space, steps_per_epoch=len(train_loader))
+    schedule = resolve_schedule(args.epochs, args.warmup_epochs, steps_per_epoch=len(train_loader))
+    log(f"schedule  {schedule.describe(auto=args.epochs == AUTO)}")
+    cfg = _search_config(args, space, schedule)
+    if cfg.penalty_metrics and not cfg.penalty_weight and all(b is None for b in cfg.budgets.values()):
+        log(f"note      --mode {args.penalty_mode} has no effect: the penalty weight is 0 (the {args.space} space's "
+            "default); pass --penalty-weight, or a budget (--max-params ...), which the genotype then meets")
+    selection = args.selection or selection_for(space)
     train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr) if args.train_epochs else None
 
     if world > 1:  # after every check: a bad option fails on every rank before any of them waits
         device = init_distributed(device)
-    out = _run_folder(args, cfg, train_cfg, ds, world=world, lead=lead, log=log)
+    extra = {"schedule": schedule._asdict(), "selection": selection, "sized": sized}
+    out = _run_folder(args, cfg, train_cfg, ds, extra, world=world, lead=lead, log=log)
     if world > 1:
         log(f"data parallel: {world} processes ({'NCCL' if device.type == 'cuda' else 'gloo'}), "
             f"{args.batch_size // world} of each batch of {args.batch_size} per process")
-    result = _search(args, cfg, train_loader, valid_loader, out, device=device, world=world, log=log)
+    result = _search(args, cfg, schedule, selection, train_loader, valid_loader, out, device=device, world=world,
+                     log=log)
     if not lead:
         return 0  # every rank found the same genotype; rank 0 writes it and trains the network alone
 
     t_search = time.time() - t0
     cost = genotype_cost(result.genotype, space)
-    summary = _save_search(out, result, cost, ds, t_search)
+    summary = _save_search(out, result, space, cost, ds, t_search)
     if train_cfg is not None:
         summary.update(train_and_test(result.model, ds, out, cfg=train_cfg, batch_size=args.batch_size,
                                       gen=gen_data, device=device, quiet=args.quiet, log=log))
     summary["total_seconds"] = round(time.time() - t0, 1)
     runs.write_summary(out, summary)
     plots = runs.write_run_plots(out, genotype=result.genotype, space=space, alphas=result.alpha_history,
-                                 test_acc=summary.get("test_acc"), warmup_epochs=args.warmup_epochs)
+                                 test_acc=summary.get("test_acc"), warmup_epochs=schedule.warmup_epochs,
+                                 selection=selection)
     log(_report(out, result, cost, cfg, train_cfg, ds, summary, t_search, plots))
     return 0
 
@@ -127,12 +162,16 @@ def _replay_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namesp
     for key, value in saved.items():
         if key not in given and hasattr(args, key) and key not in ("config", "out", "quiet"):
             setattr(args, key, value)
+    if "space" not in saved and "space" not in given:  # written before the chain space: a cell run
+        args.space = (config["search"].get("space") or {}).get("type", "cell")
     return args
 
 
 def _check_options(args: argparse.Namespace, world: int) -> None:
     """Reject option values (and combinations with torchrun) before anything is loaded or written."""
-    check_positive(epochs=args.epochs, batch_size=args.batch_size)
+    check_positive(epochs=None if args.epochs == AUTO else args.epochs, batch_size=args.batch_size)
+    if args.warmup_epochs != AUTO and args.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0 or 'auto', got {args.warmup_epochs}")
     if world > 1 and args.batch_size % world:
         lower, upper = (args.batch_size // world) * world, (args.batch_size // world + 1) * world
         raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split evenly over the {world} "
@@ -149,19 +188,6 @@ def _check_options(args: argparse.Namespace, world: int) -> None:
 # --- data, space, config ---------------------------------------------------------------------
 
 
-def _space(args: argparse.Namespace, ds: Dataset) -> SpaceConfig:
-    """The supernet's space for ``ds``; default primitives: the seed's kx1 set or DARTS' 2D set."""
-    if args.primitives:
-        primitives = tuple(p.strip() for p in args.primitives.split(",") if p.strip())
-    else:
-        primitives = P.SEED_KX1 if ds.input_shape[1] == 1 else P.DARTS_2D
-    return SpaceConfig(
-        C=args.C, num_classes=ds.num_classes, layers=args.layers, in_channels=ds.in_channels,
-        input_shape=ds.input_shape, nodes=args.nodes, multiplier=args.multiplier,
-        stem_multiplier=args.stem_multiplier, primitives=primitives, partial_channels=args.partial_channels,
-    )
-
-
 def _search_loaders(args: argparse.Namespace, ds: Dataset, gen: torch.Generator) -> tuple[DataLoader, DataLoader]:
     """Shuffled train and valid loaders of full batches, both drawing their order from ``gen``."""
     for split, name in ((ds.train, "train"), (ds.valid, "valid")):
@@ -174,13 +200,36 @@ def _search_loaders(args: argparse.Namespace, ds: Dataset, gen: torch.Generator)
             make_loader(ds.valid, args.batch_size, shuffle=True, gen=gen, drop_last=True))
 
 
-def _search_config(args: argparse.Namespace, space: SpaceConfig, *, steps_per_epoch: int) -> SearchConfig:
+def resolve_schedule(epochs: int | str, warmup_epochs: int | str, *, steps_per_epoch: int) -> Schedule:
+    """``--epochs`` and ``--warmup-epochs`` with ``auto`` resolved (see ``fnas search --help``).
+
+    ``epochs="auto"``: the fewest epochs with at least ``DEFAULTS["min_search_steps"]`` steps;
+    ``warmup_epochs="auto"``: ``DEFAULTS["warmup_fraction"]`` of the epochs, rounded down.
+
+    Raises:
+        ValueError: the warm-up takes every epoch (the alphas would never train).
+    """
+    auto = epochs == AUTO
+    if auto:
+        epochs = max(1, math.ceil(DEFAULTS["min_search_steps"] / steps_per_epoch))
+    warmup = int(DEFAULTS["warmup_fraction"] * epochs) if warmup_epochs == AUTO else warmup_epochs
+    if warmup >= epochs:
+        chosen = f" ('auto' chose {epochs})" if auto else ""
+        raise ValueError(
+            f"--warmup-epochs {warmup} is not fewer than the {epochs} search epochs{chosen}: the warm-up trains "
+            f"only the weights, so the alphas would never train; lower --warmup-epochs (e.g. "
+            f"{int(DEFAULTS['warmup_fraction'] * epochs)}, or 'auto') or raise --epochs"
+        )
+    return Schedule(epochs, warmup, steps_per_epoch)
+
+
+def _search_config(args: argparse.Namespace, space: Space, schedule: Schedule) -> SearchConfig:
     """The search's config from the options; an unreachable budget fails here, before the run folder exists."""
     cfg = SearchConfig(
         space=space, lr=args.lr, lr_min=args.lr_min, momentum=args.momentum, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip, arch_lr=args.arch_lr, arch_weight_decay=args.arch_weight_decay,
         hypergrad=args.hypergrad, unroll_steps=args.unroll_steps,
-        warmup_steps=args.warmup_epochs * steps_per_epoch, penalty_mode=args.penalty_mode,
+        warmup_steps=schedule.warmup_epochs * schedule.steps_per_epoch, penalty_mode=args.penalty_mode,
         penalty_weight=args.penalty_weight, max_params=args.max_params, max_macs=args.max_macs,
         max_sram_bytes=args.max_sram_bytes, beta_weight=args.beta_weight,
     )
@@ -192,8 +241,8 @@ def _search_config(args: argparse.Namespace, space: SpaceConfig, *, steps_per_ep
 # --- the run folder and the search -----------------------------------------------------------
 
 
-def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainConfig | None, ds: Dataset, *,
-                world: int, lead: bool, log: Log) -> Path:
+def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainConfig | None, ds: Dataset,
+                extra: dict, *, world: int, lead: bool, log: Log) -> Path:
     """The resumed run's folder, or a new one holding ``config.json`` (written by the lead rank only)."""
     if args.resume is not None:
         log(f"resuming {args.resume} from its checkpoint")
@@ -205,8 +254,9 @@ def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainCon
         out.mkdir(parents=True, exist_ok=True)
         cli_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                     if k not in ("command", "resume")}
+        search = dict(dataclasses.asdict(cfg), space=space_to_dict(cfg.space))
         config = {
-            "command": "search", "cli": cli_args, "search": dataclasses.asdict(cfg),
+            "command": "search", "cli": cli_args, "search": search, **extra,
             "train": dataclasses.asdict(train_cfg) if train_cfg else None, "dataset": ds.summary(),
         }
         if world > 1:
@@ -216,18 +266,19 @@ def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainCon
     return out
 
 
-def _search(args: argparse.Namespace, cfg: SearchConfig, train_loader: DataLoader, valid_loader: DataLoader,
-            out: Path, *, device: torch.device, world: int, log: Log) -> SearchResult:
+def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, selection: str,
+            train_loader: DataLoader, valid_loader: DataLoader, out: Path, *, device: torch.device, world: int,
+            log: Log) -> SearchResult:
     """Run the search, checkpointing into ``out``; under torchrun, leave the process group after it."""
 
     def on_epoch(epoch: int, state: Any, record: dict) -> None:
-        rec = dict(record, genotype=genotype_to_dict(record["genotype"]))
+        rec = dict(record)  # its genotype is already the space's JSON dict
         runs.append_metrics(out, "search", rec)
         if args.quiet:
             costs = "".join(f", expected {k[len('expected_'):]} {v:,.0f}" for k, v in rec.items()
                             if k.startswith("expected_"))
             valid = f"{rec['valid_acc']:.3f}" if "valid_acc" in rec else "- (warm-up)"
-            log(f"search epoch {epoch + 1}/{args.epochs}: train loss {rec['train_loss']:.3f} acc "
+            log(f"search epoch {epoch + 1}/{schedule.epochs}: train loss {rec['train_loss']:.3f} acc "
                 f"{rec['train_acc']:.3f}, valid acc {valid}{costs}")
 
     checkpoint = out / runs.CHECKPOINT
@@ -235,24 +286,24 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, train_loader: DataLoade
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # budget misses are reported at the end, not as a warning
             # under torchrun: data parallel over the process group; only rank 0 writes and calls on_epoch
-            return run_search(cfg, train_loader, valid_loader, epochs=args.epochs,
+            return run_search(cfg, train_loader, valid_loader, epochs=schedule.epochs,
                               gen=torch.Generator().manual_seed(args.seed), device=device,
                               progress=not args.quiet, on_epoch=on_epoch, checkpoint=checkpoint,
                               checkpoint_every=args.checkpoint_every,
                               resume=checkpoint if args.resume is not None else None,
-                              selection=args.selection, compile=args.compile)
+                              selection=selection, compile=args.compile)
     finally:
         if world > 1:
             close_distributed()
 
 
-def _save_search(out: Path, result: SearchResult, cost: Cost, ds: Dataset, t_search: float) -> dict:
+def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: Dataset, t_search: float) -> dict:
     """Write the genotype and the alphas; returns the summary so far (data, genotype, exact cost)."""
-    runs.write_genotype(out, result.genotype)
+    runs.write_genotype(out, result.genotype, space)
     runs.save_alphas(out, result.alpha_history)
     return {
         "data": ds.summary(),
-        "genotype": genotype_to_dict(result.genotype),
+        "genotype": space.genotype_to_dict(result.genotype),
         **runs.cost_summary(cost),
         "budget_misses": result.budget_misses,
         "search_seconds": round(t_search, 1),
@@ -267,7 +318,7 @@ def _report(out: Path, result: SearchResult, cost: Cost, cfg: SearchConfig, trai
     """What the search found: genotype, exact cost, budget, accuracy, and where the files are."""
     last = result.history[-1] if result.history else {}
     lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s)",
-             f"data      {ds.summary()}", "genotype", *genotype_lines(result.genotype),
+             f"data      {ds.summary()}", "genotype", *genotype_lines(result.genotype, cfg.space),
              f"cost      {cost_text(cost)}"]
     if cfg.penalty_metrics:
         budgets = ", ".join(f"{m} <= {int(b):,}" for m, b in cfg.budgets.items() if b is not None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fnas.app import runs
-from fnas.cli.common import cost_text, export_text, genotype_lines, plot_lines
+from fnas.app.spaces import space_type
+from fnas.cli.common import cost_text, export_text, genotype_lines, plot_lines, space_text
 from fnas.cost import genotype_cost
 
 
@@ -14,14 +15,16 @@ def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
     run = runs.open_run(args.run)
     cost = genotype_cost(run.genotype, run.space)
     summary = run.summary or {}
-    s = run.space
     lines = [
-        f"run       {run.path}/ ({run.config.get('command', 'search')} run)",
+        f"run       {run.path}/ ({run.config.get('command', 'search')} run, {space_type(run.space)} space)",
         f"data      {summary.get('data') or run.config.get('dataset') or run.data}",
-        f"network   C={s.C}, {s.layers} cells (reductions at {list(s.reduction_layers)}), {s.nodes} nodes, "
-        f"multiplier {s.multiplier}, stem {s.stem_multiplier}*C, input {s.in_channels} x {tuple(s.input_shape)}, "
-        f"{s.num_classes} classes",
-        "genotype", *genotype_lines(run.genotype),
+        f"network   {space_text(run.space)}",
+    ]
+    if run.config.get("sized"):
+        lines.append(f"space     {run.config['sized']}")
+    lines += [
+        "genotype" + (f" ({run.selection} selection)" if run.selection else ""),
+        *genotype_lines(run.genotype, run.space),
         f"cost      {cost_text(cost)}",
     ]
     search = [r for r in runs.read_metrics(run.path) if r.get("phase") == "search"]
@@ -42,7 +45,8 @@ def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
         lines.append(f"export    not exported yet: run `fnas export {run.path}`")
     plots = runs.write_run_plots(run.path, genotype=run.genotype, space=run.space, alphas=runs.load_alphas(run.path),
                                  test_acc=summary.get("test_acc") if run.trained else None,
-                                 warmup_epochs=run.warmup_epochs, missing_only=not args.replot)
+                                 warmup_epochs=run.warmup_epochs, selection=run.selection,
+                                 missing_only=not args.replot)
     lines += ["plots", *plot_lines(plots)]
     print("\n".join(lines), flush=True)
     return 0

@@ -1,7 +1,8 @@
 """``fnas train``: train a run's (or a genotype file's) network from scratch and test it on held-out data.
 
 A search-only run is trained in place; anything else (a genotype file, a run that already holds a
-model, a resized network) goes to a new run folder, so a trained model is never overwritten.
+model, a resized network) goes to a new run folder, so a trained model is never overwritten. Cell
+and chain genotypes both train; a chain genotype's widths are its own (no size options).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from fnas.app import runs
+from fnas.app.spaces import Space, chain_genotype_from_json, chain_space_for, space_to_dict
 from fnas.app.train import TrainConfig, build_network
 from fnas.cli.common import (
     absolute_data_spec,
@@ -31,9 +33,10 @@ from fnas.cost import genotype_cost
 from fnas.data import Dataset, load_dataset
 from fnas.search.defaults import DEFAULTS
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import Genotype_CNN, genotype_to_dict, load_genotype
+from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype
+from fnas.spaces.chain import ChainGenotype, ChainSpaceConfig
 
-SIZES = ("C", "layers", "stem_multiplier")  # the options that size the network
+SIZES = ("C", "layers", "stem_multiplier")  # the options that size a cell network
 
 
 class _Settings(NamedTuple):
@@ -53,14 +56,21 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
                    stem_multiplier=args.stem_multiplier)
     set_threads(args)
     device = pick_device(args.device)
-    run, genotype = _open_source(args.source)
-    settings = _settings(args, run)
+    run, genotype, saved_space = _open_source(args.source)
+    chain = isinstance(genotype, ChainGenotype)
+    if chain:
+        _check_no_sizes(args)
+    settings = _settings(args, run, chain)
     out, in_place = _destination(args, run, settings.sizes)
 
     ds = load_dataset(settings.data)
     if in_place:
         runs.check_fits(ds, run.space, f"run {str(run.path)!r}")
-    space = _space(genotype, settings.sizes, ds, run.space if run else None)
+    if chain:
+        space = chain_space_for(genotype, in_channels=ds.in_channels, num_classes=ds.num_classes,
+                                input_shape=tuple(ds.input_shape), base=run.space if run else saved_space)
+    else:
+        space = _space(genotype, settings.sizes, ds, run.space if run else None)
     cost = genotype_cost(genotype, space)  # also checks that the genotype fits the data's kind
     model = build_network(space, genotype, torch.Generator().manual_seed(settings.seed))
     if not in_place:
@@ -74,13 +84,13 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
                             gen=torch.Generator().manual_seed(settings.seed), device=device, quiet=args.quiet,
                             log=log)
     summary = dict(run.summary or {}) if in_place else {}
-    summary.update(data=ds.summary(), genotype=genotype_to_dict(genotype), **runs.cost_summary(cost), **tested,
+    summary.update(data=ds.summary(), genotype=space.genotype_to_dict(genotype), **runs.cost_summary(cost), **tested,
                    train_seconds=round(time.time() - t0, 1))
     runs.write_summary(out, summary)
     plots = runs.write_run_plots(
         out, genotype=genotype, space=space, alphas=runs.load_alphas(out) if in_place else None,
         test_acc=tested["test_acc"], warmup_epochs=run.warmup_epochs if in_place else 0,
-        missing_only=True, redraw=("curves.png",),  # only the curves changed
+        selection=run.selection if run else None, missing_only=True, redraw=("curves.png",),  # only curves changed
     )
     log("\n".join([
         "", f"fnas train: done in {time.time() - t0:.0f} s",
@@ -92,18 +102,31 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _open_source(source: Path) -> tuple[runs.Run | None, Genotype_CNN]:
-    """The run folder (``None`` for a genotype file) and the genotype to train."""
+def _open_source(source: Path) -> tuple[runs.Run | None, Genotype_CNN | ChainGenotype, ChainSpaceConfig | None]:
+    """The run folder (``None`` for a genotype file), the genotype to train, and the chain space a chain
+    genotype file carries (``None`` otherwise: a run's space is ``run.space``)."""
     if not source.exists():
         raise ValueError(f"{str(source)!r} does not exist; give a run folder or a genotype JSON file")
     if source.is_dir():
         run = runs.open_run(source)
-        return run, run.genotype
-    runs.read_json(source, "genotype file")  # a clear message for a file that is not JSON at all
-    return None, load_genotype(source)
+        return run, run.genotype, None
+    data = runs.read_json(source, "genotype file")  # a clear message for a file that is not JSON at all
+    if isinstance(data, dict) and data.get("space") == "chain":
+        genotype, space = chain_genotype_from_json(data, f"genotype file {str(source)!r}")
+        return None, genotype, space
+    return None, load_genotype(source), None
 
 
-def _settings(args: argparse.Namespace, run: runs.Run | None) -> _Settings:
+def _check_no_sizes(args: argparse.Namespace) -> None:
+    """A chain genotype spells out its widths: the cell size options do not apply."""
+    given = [f"--{k.replace('_', '-')}" for k in SIZES if getattr(args, k) is not None]
+    if given:
+        verb = "sizes" if len(given) == 1 else "size"
+        raise ValueError(f"{', '.join(given)} {verb} a cell network, but this is a chain genotype (its blocks give "
+                         "every width); drop them")
+
+
+def _settings(args: argparse.Namespace, run: runs.Run | None, chain: bool) -> _Settings:
     """Each setting from the command line, else the run (its space for the sizes), else DEFAULTS."""
     saved = run.config.get("cli", {}) if run else {}
 
@@ -123,7 +146,7 @@ def _settings(args: argparse.Namespace, run: runs.Run | None) -> _Settings:
         train=TrainConfig(epochs=int(pick("epochs", "train_epochs")), lr=float(pick("lr", "train_lr"))),
         batch_size=int(pick("batch_size")),
         seed=int(pick("seed")),
-        sizes={k: pick(k) for k in SIZES},
+        sizes={} if chain else {k: pick(k) for k in SIZES},
         data=args.data or (run.data if run else DEFAULTS["data"]),
     )
 
@@ -155,16 +178,18 @@ def _space(genotype: Genotype_CNN, sizes: dict[str, int], ds: Dataset, base: Spa
     """The network's space: the given sizes, the data's shapes, the genotype's nodes; primitives and
     input BatchNorm from the run (``base``), else the genotype's ops and BatchNorm on."""
     ops = tuple(dict.fromkeys(op for op, _ in list(genotype.normal) + list(genotype.reduce)))
+    # the run's cell skeleton beyond the sizes (fields of newer SpaceConfigs, absent in older ones)
+    skeleton = {k: getattr(base, k) for k in ("reductions", "preprocess") if base is not None and hasattr(base, k)}
     return SpaceConfig(
         C=sizes["C"], num_classes=ds.num_classes, layers=sizes["layers"], in_channels=ds.in_channels,
         input_shape=ds.input_shape, nodes=len(genotype.normal), multiplier=len(list(genotype.normal_concat)),
         stem_multiplier=sizes["stem_multiplier"], primitives=base.primitives if base else ops,
-        with_input_batchnorm=base.with_input_batchnorm if base else True,
+        with_input_batchnorm=base.with_input_batchnorm if base else True, **skeleton,
     )
 
 
-def _new_run_folder(out: Path, args: argparse.Namespace, settings: _Settings, space: SpaceConfig,
-                    genotype: Genotype_CNN, ds: Dataset) -> None:
+def _new_run_folder(out: Path, args: argparse.Namespace, settings: _Settings, space: Space,
+                    genotype: Genotype_CNN | ChainGenotype, ds: Dataset) -> None:
     """Create ``out`` with the ``config.json`` and ``genotype.json`` of a ``train`` run."""
     out.mkdir(parents=True, exist_ok=True)
     train = settings.train
@@ -173,6 +198,6 @@ def _new_run_folder(out: Path, args: argparse.Namespace, settings: _Settings, sp
                 **settings.sizes, "threads": args.threads, "device": args.device}
     runs.write_config(out, {
         "command": "train", "source": str(args.source.resolve()), "cli": cli_args,
-        "space": dataclasses.asdict(space), "train": dataclasses.asdict(train), "dataset": ds.summary(),
+        "space": space_to_dict(space), "train": dataclasses.asdict(train), "dataset": ds.summary(),
     })
-    runs.write_genotype(out, genotype)
+    runs.write_genotype(out, genotype, space)

@@ -38,6 +38,11 @@ DEFAULTS = {
     "arch_betas": (0.5, 0.999),
     "arch_weight_decay": 1e-3,
     "warmup_epochs": 2,
+    # fnas search --epochs auto: at least this many search steps (10 epochs of the watch data's
+    # 32 steps at batch 64; a small dataset gets more epochs, so its alphas move as far), and
+    # --warmup-epochs auto: this fraction of the epochs (2 of 10) trains the weights alone first.
+    "min_search_steps": 300,
+    "warmup_fraction": 0.2,
     "penalty_weight": 1.0,
     "beta_weight": 0.0,
     "partial_channels": 1,

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from fnas.app import plots
+from fnas.app.chain_plots import op_label, plot_chain, plot_chain_alphas
 from fnas.spaces import primitives as P
 from fnas.spaces.cell.genotype import MY_CUSTOM_GENOTYPE, Genotype_CNN
+from fnas.spaces.chain import ChainSpaceConfig
 
 PRIMS = list(P.SEED_KX1)
 
@@ -146,3 +148,48 @@ def test_write_plots_writes_what_the_data_allows_and_keeps_existing_files(tmp_pa
     assert (folder / "cells.png").read_bytes() == before["cells.png"]  # kept
     assert (folder / "curves.png").read_bytes() != before["curves.png"]  # redrawn: new data
     assert not list(folder.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+# --- the chain space -------------------------------------------------------------------------------
+
+CHAIN = ChainSpaceConfig(in_channels=2, num_classes=3, input_shape=(16, 1), widths=(8, 8, 16, 8), kernels=(3, 5))
+
+
+def chain_history(epochs: int, space=CHAIN, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {f"b{b}_op": len(space.candidates[b]) for b in range(space.num_blocks)}
+    sizes.update({f"b{b}_width": len(space.width_choices[b]) for b in range(space.num_blocks)})
+    a = {k: torch.zeros(n) for k, n in sizes.items()}
+    out = []
+    for _ in range(epochs):
+        a = {k: v + 0.5 * torch.randn(v.shape, generator=gen) for k, v in a.items()}
+        out.append({k: torch.softmax(v, -1) for k, v in a.items()})
+    return out
+
+
+def test_chain_alphas_has_a_panel_per_block_with_the_top_ops(tmp_path):
+    genotype = CHAIN.derive({k: torch.log(v) for k, v in chain_history(3)[-1].items()})
+    fig = plot_chain_alphas(chain_history(3), CHAIN, genotype=genotype, warmup_epochs=1, top=3,
+                            selection="perturbation")
+    panels = visible_axes(fig)
+    assert len(panels) == CHAIN.num_blocks
+    assert all(len(ax.lines) == 4 for ax in panels)  # 3 ops and "other ops"
+    assert "ops selected by perturbation" in fig._suptitle.get_text()
+    for b, ax in enumerate(panels):
+        assert ax.get_title().startswith(f"block {b}  (kept: {op_label(genotype.blocks[b][0])}")
+    png_size(plots.save_figure(fig, tmp_path / "a.png"))
+
+
+def test_chain_diagram_has_a_box_per_block():
+    genotype = CHAIN.fcn_genotype(8)
+    fig = plot_chain(genotype, CHAIN, selection="alphas")
+    text = all_text(fig)
+    assert text.count("block ") == CHAIN.num_blocks and "identity" in text and "conv k5 d1" in text
+    assert "ops selected by alphas" in fig._suptitle.get_text()
+
+
+def test_write_plots_draws_chain_plots_for_a_chain(tmp_path):
+    genotype = CHAIN.fcn_genotype(8)
+    written = plots.write_plots(tmp_path, genotype=genotype, alpha_history=chain_history(2), records=records(2, 1),
+                                chain=CHAIN, selection="alphas")
+    assert [p.name for p in written] == ["curves.png", "alphas_chain.png", "chain.png"]

@@ -17,8 +17,8 @@ from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype, save_genotype
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = ["--C", "4", "--layers", "3", "--nodes", "2", "--multiplier", "2", "--stem-multiplier", "1",
-        "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--quiet"]
+TINY = ["--space", "cell", "--C", "4", "--layers", "3", "--nodes", "2", "--multiplier", "2", "--stem-multiplier",
+        "1", "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--quiet"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

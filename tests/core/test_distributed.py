@@ -387,8 +387,8 @@ def test_torchrun_cli_search_matches_one_process_and_only_rank_0_writes(tmp_path
     from fnas.cli import main
 
     data = _npz(tmp_path / "data.npz")
-    opts = ["search", "--data", str(data), "--C", "4", "--layers", "3", "--nodes", "2", "--multiplier", "2",
-            "--stem-multiplier", "1", "--batch-size", "8", "--epochs", "2", "--warmup-epochs", "1",
+    opts = ["search", "--data", str(data), "--space", "cell", "--C", "4", "--layers", "3", "--nodes", "2",
+            "--multiplier", "2", "--stem-multiplier", "1", "--batch-size", "8", "--epochs", "2", "--warmup-epochs", "1",
             "--train-epochs", "1", "--quiet"]
     single = tmp_path / "single"
     assert main([*opts, "--out", str(single)]) == 0

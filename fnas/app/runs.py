@@ -137,6 +137,12 @@ def write_summary(folder: Path, summary: dict) -> None:
     atomic_write_json(Path(folder) / SUMMARY, summary)
 
 
+def read_export_report(folder: Path) -> dict:
+    """``export.json`` of an earlier export (empty when there is none), to add a format's report to."""
+    path = Path(folder) / EXPORT_REPORT
+    return read_json(path, "export report") if path.is_file() else {}
+
+
 def write_export_report(folder: Path, report: dict) -> None:
     """Write ``export.json``."""
     atomic_write_json(Path(folder) / EXPORT_REPORT, report)

@@ -36,6 +36,7 @@ __all__ = [
     "FLOAT_FILE",
     "HEADER_FILE",
     "INT8_FILE",
+    "TFLITE_FILES",
     "convert_float",
     "export_tflite",
     "live_tensor_peak_bytes",
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 FLOAT_FILE, INT8_FILE, HEADER_FILE = "model.tflite", "model_int8.tflite", "model_data.h"
+TFLITE_FILES = (FLOAT_FILE, INT8_FILE, HEADER_FILE)
 HOST_ARENA_BYTES = 32 << 20  # the measuring interpreter's arena; the report says what is really used
 _ALIGN = 16  # TFLM's planner aligns every non-persistent buffer to 16 bytes
 _TYPE_BYTES = {"FLOAT32": 4, "INT32": 4, "INT8": 1, "UINT8": 1, "INT16": 2, "INT64": 8, "BOOL": 1, "FLOAT16": 2}

@@ -9,13 +9,19 @@ import torch
 
 from fnas.app import runs
 from fnas.app.export import OPSET, export_model, require_export_deps
+from fnas.app.tflite import TFLITE_FILES, export_tflite, require_tflite_deps
+from fnas.cost import genotype_cost
 from fnas.cli.common import check_out, check_positive, export_text, set_threads
 from fnas.data import Dataset, Split, load_dataset
 
 
 def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     """Run ``fnas export``; returns the exit code."""
-    require_export_deps()
+    onnx, tflite = args.format in ("onnx", "all"), args.format in ("tflite", "all")
+    if onnx:
+        require_export_deps()
+    if tflite:
+        require_tflite_deps()
     check_positive(calib_samples=args.calib_samples)
     if args.opset < OPSET:
         raise ValueError(f"--opset must be >= {OPSET} (torch's ONNX exporter), got {args.opset}")
@@ -25,7 +31,8 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     out = args.out or run.path
     if args.out is not None:
         check_out(out, "pass another --out")
-    existing = [f for f in runs.EXPORT_FILES if (out / f).exists()]
+    files = (runs.EXPORT_FILES if onnx else ()) + (TFLITE_FILES if tflite else ())
+    existing = [f for f in files if (out / f).exists()]
     if existing:
         raise ValueError(
             f"{str(out)!r} already holds {', '.join(existing)} from an earlier export; pass --out NEW_FOLDER "
@@ -36,8 +43,14 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     calib = _calibration(ds, args.calib_split, args.calib_samples, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    report = export_model(model, calib.x, ds.test.x, ds.test.y, out, opset=args.opset,
-                          per_channel=not args.per_tensor, threads=args.threads)
+    report = runs.read_export_report(out) if not onnx else {}
+    if onnx:
+        report = export_model(model, calib.x, ds.test.x, ds.test.y, out, opset=args.opset,
+                              per_channel=not args.per_tensor, threads=args.threads)
+    if tflite:
+        predicted = genotype_cost(run.genotype, run.space).peak_sram_bytes_int8
+        report["tflite"] = export_tflite(model, calib.x, ds.test.x, ds.test.y, out, int8_io=not args.float_io,
+                                         predicted_sram_bytes=predicted)
     report.update(
         run=str(run.path.resolve()),
         data=ds.summary(),
@@ -49,14 +62,27 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
         seconds=round(time.time() - t0, 1),
     )
     runs.write_export_report(out, report)
-    print("\n".join([
-        f"fnas export: done in {report['seconds']:.0f} s ({ds.test.num_samples} held-out test samples of {ds.name})",
-        export_text(report, out),
-        f"          PyTorch test accuracy {report['pytorch_test_acc']:.4f}; int8 agrees with float32 on "
-        f"{100 * report['int8']['agreement_with_float32']:.1f}% of the test samples",
-        f"report    {out / runs.EXPORT_REPORT}",
-    ]), flush=True)
+    lines = [f"fnas export: done in {report['seconds']:.0f} s ({ds.test.num_samples} held-out test samples of {ds.name})"]
+    if onnx:
+        lines += [export_text(report, out),
+                  f"          PyTorch test accuracy {report['pytorch_test_acc']:.4f}; int8 agrees with float32 on "
+                  f"{100 * report['int8']['agreement_with_float32']:.1f}% of the test samples"]
+    if tflite:
+        lines.append(tflite_text(report["tflite"], out))
+    lines.append(f"report    {out / runs.EXPORT_REPORT}")
+    print("\n".join(lines), flush=True)
     return 0
+
+
+def tflite_text(rep: dict, out) -> str:
+    """The TFLite part of the export summary: files, accuracies on TFLite Micro, arena vs prediction."""
+    arena = rep["arena"]
+    models = {m: rep[m] for m in ("float32", "int8") if m in rep}
+    sizes = ", ".join(f"{out / v['file']} {v['bytes']:,} B" for v in models.values() if "file" in v)
+    accs = ", ".join(f"{k} {v['test_acc']:.4f}" for k, v in models.items() if "test_acc" in v)
+    return (f"tflite    {sizes}; test accuracy on TFLite Micro: {accs}\n"
+            f"          tensor arena {arena['total_bytes']:,} B (activations {arena['head_bytes']:,} B; fnas "
+            f"predicted {arena['predicted_sram_bytes']:,} B); C header {out / 'model_data.h'}")
 
 
 def _calibration(ds: Dataset, split: str, samples: int, seed: int) -> Split:

@@ -276,6 +276,13 @@ def _add_export(sub) -> None:
     e.add_argument("--calib-samples", type=int, default=d["calib_samples"],
                    help="at most this many calibration samples (a seeded random subset)")
     e.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor instead of per channel")
+    e.add_argument("--format", choices=["onnx", "tflite", "all"], default="onnx",
+                   help="onnx: model.onnx + int8 QDQ ONNX; tflite: a fully int8 model_int8.tflite (and float "
+                        "model.tflite) run on TFLite Micro's interpreter, its measured tensor arena beside fnas' "
+                        "predicted peak SRAM, and model_data.h for an MCU project (`pip install 'fnas[tflite]'`); "
+                        "all: both. The reports go into export.json")
+    e.add_argument("--float-io", action="store_true",
+                   help="tflite: float32 input and output around the int8 network (default: int8 in and out)")
     e.add_argument("--seed", type=int, default=d["seed"], help="seed of the calibration subset")
     _add_runtime(e, device=False, quiet=False)
 

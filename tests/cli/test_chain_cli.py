@@ -4,6 +4,7 @@ the space (chains and cells), the search length rule, and bad chain options."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -141,6 +142,26 @@ def test_export_a_chain_run(chain_run, tmp_path):
     report = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert report["float32"]["max_abs_diff_vs_pytorch"] < 1e-4
     assert (tmp_path / "exported" / "model_int8.onnx").is_file() and "int8 QDQ" in out
+
+
+def test_export_a_chain_run_to_tflite_after_onnx(chain_run, tmp_path):
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    pytest.importorskip("tflite_micro", reason="the tflite extra is not installed")
+    out_dir = tmp_path / "run"
+    shutil.copytree(chain_run, out_dir)  # exports go into the run folder itself
+    assert fnas("export", out_dir)[0] == 0
+    code, out, err = fnas("export", out_dir, "--format", "tflite")
+    assert code == 0, err
+    report = json.loads((out_dir / "export.json").read_text())
+    assert "float32" in report and "int8" in report  # the ONNX report is kept
+    tfl = report["tflite"]
+    run = runs.open_run(out_dir)
+    assert tfl["arena"]["predicted_sram_bytes"] == genotype_cost(run.genotype, run.space).peak_sram_bytes_int8
+    assert tfl["arena"]["total_bytes"] > 0 and "tensor arena" in out
+    header = (out_dir / "model_data.h").read_text()
+    assert f"g_model_len = {(out_dir / 'model_int8.tflite').stat().st_size}" in header
+    code, _, err = fnas("export", out_dir, "--format", "tflite")  # nothing is overwritten
+    assert code == 2 and "model.tflite" in err
 
 
 # --- the budget sizes the space -------------------------------------------------------------------

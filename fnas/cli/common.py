@@ -84,6 +84,9 @@ def check_out(out: Path, hint: str) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder; {hint}")
     if out.is_dir() and any(out.iterdir()):
+        if (out / runs.CONFIG).is_file() and not (out / runs.CHECKPOINT).is_file():
+            hint = (f"it holds a search stopped before its first checkpoint: continue it with `fnas search "
+                    f"--resume {out}` (it starts from the beginning), or {hint}")
         raise ValueError(f"run folder {str(out)!r} exists and is not empty; {hint}")
 
 

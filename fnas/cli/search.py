@@ -132,10 +132,10 @@ def _resume_options(args: argparse.Namespace, argv: list[str]) -> argparse.Names
     """``--resume RUN`` replays RUN's saved options; ``--config`` replays a finished run's."""
     resume = args.resume
     if resume is not None:
-        # a crashed or killed run continues from its checkpoint with its own saved options
-        if not (resume / runs.CONFIG).is_file() or not (resume / runs.CHECKPOINT).is_file():
-            raise ValueError(f"--resume {str(resume)!r} is not a search run folder (no config.json and "
-                             "checkpoint.pt there)")
+        # a crashed or killed run continues from its checkpoint with its own saved options; one killed
+        # before its first checkpoint (config.json only) starts again from the beginning
+        if not (resume / runs.CONFIG).is_file():
+            raise ValueError(f"--resume {str(resume)!r} is not a search run folder (no config.json there)")
         if (resume / runs.GENOTYPE).is_file():
             raise ValueError(f"--resume {str(resume)!r}: that search already finished (genotype.json "
                              "exists); use `fnas train` or `fnas show` on it")
@@ -245,7 +245,11 @@ def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainCon
                 extra: dict, *, world: int, lead: bool, log: Log) -> Path:
     """The resumed run's folder, or a new one holding ``config.json`` (written by the lead rank only)."""
     if args.resume is not None:
-        log(f"resuming {args.resume} from its checkpoint")
+        if (args.resume / runs.CHECKPOINT).is_file():
+            log(f"resuming {args.resume} from its checkpoint")
+        else:
+            log(f"resuming {args.resume}: it was stopped before its first checkpoint, so its search starts "
+                "from the beginning")
         return args.resume
     stem = Path(str(args.data)).stem.replace(":", "-")
     out = args.out or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -290,7 +294,7 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, sel
                               gen=torch.Generator().manual_seed(args.seed), device=device,
                               progress=not args.quiet, on_epoch=on_epoch, checkpoint=checkpoint,
                               checkpoint_every=args.checkpoint_every,
-                              resume=checkpoint if args.resume is not None else None,
+                              resume=checkpoint if args.resume is not None and checkpoint.is_file() else None,
                               selection=selection, compile=args.compile)
     finally:
         if world > 1:

@@ -173,6 +173,10 @@ def test_load_genotype_from_run_json(tmp_path):
                      id="missing-keys"),
         pytest.param('{"normal": [["skip_connect"]], "normal_concat": [1], "reduce": [], "reduce_concat": [1]}',
                      r"Malformed genotype JSON", id="malformed-entry"),
+        pytest.param('{"normal": [["skip_connect", "0"]], "normal_concat": [1], "reduce": [["skip_connect", 0]], '
+                     '"reduce_concat": [1]}', r"expected an integer, got '0'", id="index-as-string"),
+        pytest.param('{"normal": [["skip_connect", 0.0]], "normal_concat": [1], "reduce": [["skip_connect", 0]], '
+                     '"reduce_concat": [1]}', r"expected an integer, got 0.0", id="index-as-float"),
     ],
 )
 def test_load_genotype_errors(tmp_path, content, match):

@@ -242,15 +242,31 @@ def genotype_from_dict(data: dict) -> Genotype_CNN:
         raise ValueError(f"Genotype JSON is missing keys {missing}; expected {list(Genotype_CNN._fields)}")
     try:
         genotype = Genotype_CNN(
-            normal=[(str(op), int(i)) for op, i in data["normal"]],
-            normal_concat=_as_range(list(data["normal_concat"])),
-            reduce=[(str(op), int(i)) for op, i in data["reduce"]],
-            reduce_concat=_as_range(list(data["reduce_concat"])),
+            normal=[(_json_str(op), _json_int(i)) for op, i in data["normal"]],
+            normal_concat=_as_range([_json_int(n) for n in data["normal_concat"]]),
+            reduce=[(_json_str(op), _json_int(i)) for op, i in data["reduce"]],
+            reduce_concat=_as_range([_json_int(n) for n in data["reduce_concat"]]),
         )
     except (TypeError, ValueError) as err:
-        raise ValueError(f"Malformed genotype JSON ({err}); cells are lists of [op_name, input_idx]") from err
+        raise ValueError(
+            f"Malformed genotype JSON ({err}); cells are lists of [op_name, input_idx] with a string op name and an "
+            "integer index (e.g. [\"conv_bn_relu_3x1\", 0]), concats lists of integers"
+        ) from err
     validate_genotype(genotype)
     return genotype
+
+
+def _json_int(v: object) -> int:
+    """A JSON integer as is: a string ("0"), a float (0.5) or a bool is an error, not an index."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _json_str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected an op name (a string), got {v!r}")
+    return v
 
 
 def _as_range(nodes: list[int]) -> range | list[int]:

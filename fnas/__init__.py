@@ -5,6 +5,7 @@ from fnas.spaces import primitives
 from fnas.core import tree
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
+from fnas.spaces.chain import ChainGenotype, ChainSpaceConfig, for_budget
 from fnas.cost import check_budget, expected_cost, genotype_cost, min_cost, penalty
 from fnas.spaces.cell.genotype import (
     MY_CUSTOM_GENOTYPE,
@@ -38,6 +39,8 @@ from fnas.app.seed_api import search_and_get_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChainGenotype",
+    "ChainSpaceConfig",
     "Genotype_CNN",
     "MY_CUSTOM_GENOTYPE",
     "NetworkCnn",
@@ -51,8 +54,8 @@ __all__ = [
     "check_budget",
     "compile_search_step",
     "derive_genotype",
-    "random_genotype",
     "expected_cost",
+    "for_budget",
     "genotype_cost",
     "hypergrad",
     "init_search",
@@ -62,6 +65,7 @@ __all__ = [
     "min_cost",
     "penalty",
     "primitives",
+    "random_genotype",
     "run_search",
     "save_genotype",
     "search_and_get_model",

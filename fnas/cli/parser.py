@@ -194,7 +194,8 @@ def _add_search(sub) -> None:
                    "searches and repeated runs; not under torchrun")
     s.add_argument("--max-params", type=int,
                    help="parameter budget (turns on the 'Memory' penalty). With a budget and no size option "
-                   "(--widths on chains, --C / --layers on cells) the space is sized so that the budget binds")
+                   "(--widths on chains, --C / --layers on cells) the space is sized so that the budget binds. "
+                   f"Chains with neither a budget nor --widths search under {DEFAULTS['chain_max_params']:,}")
     s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
     s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
                    help="peak activation budget in bytes at int8 (turns on the 'SRAM' penalty)")

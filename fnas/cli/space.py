@@ -113,5 +113,10 @@ def build_space(args: argparse.Namespace, ds: Dataset, given: set[str]) -> tuple
     check_space_options(args, given, data_known=True)
     has_budget = any(v is not None for v in _budgets(args).values())
     if args.space == "chain":
+        if not has_budget and args.widths is None:
+            # unsized and unbudgeted, "fill" would take the widest network of the space (~150k params)
+            args.max_params = DEFAULTS["chain_max_params"]
+            space, line = _chain(args, ds, sized=True)
+            return space, f"{line}; --max-params {args.max_params:,} is the chain search's default budget"
         return _chain(args, ds, sized=has_budget and args.widths is None)
     return _cell(args, ds, sized=has_budget and args.C is None and args.layers is None)

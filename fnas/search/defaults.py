@@ -56,6 +56,9 @@ DEFAULTS = {
     # the FCN (w, 2w, w; kernels 8, 5, 3) is a member (identity blocks), and depth is searched.
     "space": "chain",
     "chain_widths": (32, 64, 64, 64, 64, 32),
+    # fnas search on the chain space with neither a budget nor --widths searches under this budget
+    # (a microcontroller-sized network; the widest member of the unsized space has ~150k params)
+    "chain_max_params": 20_000,
     # Genotypes are read off the chain's alphas directly (PIT / FBNetV2 read their masks): the
     # op picks and the budget-filling widths won the probes in docs/chain-space.md.
     "chain_selection": "alphas",

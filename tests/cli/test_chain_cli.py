@@ -167,6 +167,15 @@ def test_export_a_chain_run_to_tflite_after_onnx(chain_run, tmp_path):
 # --- the budget sizes the space -------------------------------------------------------------------
 
 
+def test_a_chain_search_without_budget_or_widths_gets_the_default_budget(npz, tmp_path):
+    code, out, err = fnas("search", "--data", npz, "--out", tmp_path / "r", "--train-epochs", "0", "--epochs", "1",
+                          "--batch-size", "8", "--quiet")
+    assert code == 0, err
+    assert f"--max-params {DEFAULTS['chain_max_params']:,} is the chain search's default budget" in out
+    run = runs.open_run(tmp_path / "r")
+    assert genotype_cost(run.genotype, run.space).params <= DEFAULTS["chain_max_params"]
+
+
 @pytest.mark.parametrize("space", ["chain", "cell"])
 def test_a_budget_sizes_the_space(npz, tmp_path, space):
     """Without a size option, ``--max-params 5000`` picks the size (it used to fail on cells: 'shrink the space')."""

@@ -237,6 +237,8 @@ def genotype_from_dict(data: dict) -> Genotype_CNN:
     Raises:
         ValueError: missing keys or an invalid genotype.
     """
+    if not isinstance(data, dict):
+        raise ValueError(f"Genotype JSON must be an object with keys {list(Genotype_CNN._fields)}, got {data!r:.80}")
     missing = [k for k in Genotype_CNN._fields if k not in data]
     if missing:
         raise ValueError(f"Genotype JSON is missing keys {missing}; expected {list(Genotype_CNN._fields)}")

@@ -194,6 +194,14 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
     concat is zero-copy (nodes are written into their slices of the cell output, which stays live
     until the next cell has read it); the head pools (cell output + vector), then multiplies.
 
+    This is the peak of a runtime that fuses BN and ReLU and writes concat inputs in place, which
+    is what the search should rank networks by. TFLite Micro does neither (measured with
+    ``fnas export --format tflite``, docs/tflite.md): every op, ReLU, concat and the slice+pad of a
+    strided skip included, gets its own output buffer, so its planned activation arena was 1.50-1.75x
+    this prediction on the networks measured. The runtime's figure is
+    :func:`fnas.app.tflite.live_tensor_peak_bytes` of the exported flatbuffer (within 0-11% of the
+    measured arena); reserve the arena ``export.json`` reports, not this number.
+
     Args:
         genotype: a :class:`Genotype_CNN` with ``cfg.nodes`` nodes and ``cfg.multiplier`` concat.
         cfg: the space, or a config holding it as ``.space`` (its sizes size the network).

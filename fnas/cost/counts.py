@@ -8,7 +8,7 @@ head's matmul; BN, ReLU, pooling and additions are free); a strided op gives ``c
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,6 +21,7 @@ from fnas.spaces.primitives import OpCost, Primitive, out_grid
 from fnas.spaces.primitives.modules import FunctionalOp
 from fnas.cost.chain import chain_of
 from fnas.spaces.chain import genotype_cost as chain_genotype_cost
+from fnas.spaces.base import Cost
 
 __all__ = [
     "METRICS",
@@ -45,29 +46,6 @@ def check_metric(metric: str) -> None:
     """Raise ``ValueError`` unless ``metric`` is one of :data:`METRICS`."""
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; expected one of {list(METRICS)}")
-
-
-class Cost(NamedTuple):
-    """Exact cost of a genotype's NetworkCnn at batch 1.
-
-    Attributes:
-        params: parameter count.
-        macs: multiply-accumulates of one forward pass.
-        peak_sram_bytes_int8: peak live activation elements (1 byte each).
-        peak_sram_bytes_f32: the same in float32 (4 bytes each).
-        peak_at: the kernel step where the peak occurs (the first, on ties).
-        parts: ``{part: (params, macs)}``: ``input_bn``, ``stem``, ``cells.{l}.pre`` (cells
-            that preprocess their input), ``cells.{l}.n{j}.{op}``, ``head``.
-        schedule: ``((step, live_elems), ...)`` in execution order.
-    """
-
-    params: int
-    macs: int
-    peak_sram_bytes_int8: int
-    peak_sram_bytes_f32: int
-    peak_at: str
-    parts: dict[str, tuple[int, int]]
-    schedule: tuple[tuple[str, int], ...]
 
 
 # --- one primitive ---------------------------------------------------------------------------

@@ -10,10 +10,34 @@ reads a genotype off the alphas (or selection scores), and ``network`` builds th
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+class Cost(NamedTuple):
+    """Exact cost of a genotype's network at batch 1 (every space's; :func:`fnas.cost.genotype_cost`).
+
+    Attributes:
+        params: parameter count.
+        macs: multiply-accumulates of one forward pass.
+        peak_sram_bytes_int8: peak live activation elements (1 byte each).
+        peak_sram_bytes_f32: the same in float32 (4 bytes each).
+        peak_at: the kernel step where the peak occurs (the first, on ties).
+        parts: ``{part: (params, macs)}``; cells: ``input_bn``, ``stem``, ``cells.{l}.pre`` (cells
+            that preprocess their input), ``cells.{l}.n{j}.{op}``, ``head``; chains: ``input_bn``,
+            ``blocks.{b}.{op}``, ``head``.
+        schedule: ``((step, live_elems), ...)`` in execution order.
+    """
+
+    params: int
+    macs: int
+    peak_sram_bytes_int8: int
+    peak_sram_bytes_f32: int
+    peak_at: str
+    parts: dict[str, tuple[int, int]]
+    schedule: tuple[tuple[str, int], ...]
+
 
 Genotype = Any  # each space's own genotype type (a NamedTuple), JSON-able through to_dict / from_dict
 

@@ -22,6 +22,7 @@ from typing import Literal, Mapping, NamedTuple
 
 import torch
 
+from fnas.spaces.base import Cost
 from fnas.spaces.chain.genotype import ChainGenotype, check_alphas, validate_genotype
 from fnas.spaces.chain.spec import IDENTITY, ChainSpec, parse_op
 
@@ -46,24 +47,11 @@ Metric = Literal["params", "macs", "sram"]
 METRICS = ("params", "macs", "sram")
 
 
-class ChainCost(NamedTuple):
-    """Exact cost of a chain genotype's network at batch 1 (the fields of :class:`fnas.cost.Cost`).
+class ChainCost(Cost):
+    """Exact cost of a chain genotype's network at batch 1: a :class:`~fnas.spaces.base.Cost` whose
+    ``parts`` are ``input_bn``, ``blocks.{b}.{op}`` (every block) and ``head``."""
 
-    Attributes:
-        params, macs: parameter count and multiply-accumulates.
-        peak_sram_bytes_int8, peak_sram_bytes_f32: peak live activation elements x 1 and x 4 bytes.
-        peak_at: the step where the peak occurs (the first, on ties).
-        parts: ``{part: (params, macs)}``: ``input_bn``, ``blocks.{b}.{op}`` (every block), ``head``.
-        schedule: ``((step, live_elems), ...)`` in execution order.
-    """
-
-    params: int
-    macs: int
-    peak_sram_bytes_int8: int
-    peak_sram_bytes_f32: int
-    peak_at: str
-    parts: dict[str, tuple[int, int]]
-    schedule: tuple[tuple[str, int], ...]
+    __slots__ = ()
 
     def totals(self) -> dict[str, tuple[int, int]]:
         """``{"input_bn", "blocks", "head"}``: (params, macs) summed per part."""

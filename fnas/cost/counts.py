@@ -232,16 +232,7 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
         c_last = len(concat) * c
     parts["head"] = head_parts(c_last, space.num_classes)
     schedule += [("head.pool", x_elems + c_last), ("head.linear", c_last + space.num_classes)]
-    peak_at, peak = max(schedule, key=lambda s: s[1])  # max keeps the first on ties
-    return Cost(
-        params=sum(p for p, _ in parts.values()),
-        macs=sum(m for _, m in parts.values()),
-        peak_sram_bytes_int8=peak,
-        peak_sram_bytes_f32=4 * peak,
-        peak_at=peak_at,
-        parts=parts,
-        schedule=tuple(schedule),
-    )
+    return Cost.from_parts(parts, schedule)
 
 
 def last_uses(inputs: Sequence[int], concat: Sequence[int]) -> list[int]:

@@ -38,6 +38,20 @@ class Cost(NamedTuple):
     parts: dict[str, tuple[int, int]]
     schedule: tuple[tuple[str, int], ...]
 
+    @classmethod
+    def from_parts(cls, parts: dict[str, tuple[int, int]], schedule: list[tuple[str, int]]) -> "Cost":
+        """Totals of ``parts`` and the peak of ``schedule`` (the first step of the largest, on ties)."""
+        peak_at, peak = max(schedule, key=lambda s: s[1])  # max keeps the first on ties
+        return cls(
+            params=sum(p for p, _ in parts.values()),
+            macs=sum(m for _, m in parts.values()),
+            peak_sram_bytes_int8=peak,
+            peak_sram_bytes_f32=4 * peak,
+            peak_at=peak_at,
+            parts=parts,
+            schedule=tuple(schedule),
+        )
+
 
 Genotype = Any  # each space's own genotype type (a NamedTuple), JSON-able through to_dict / from_dict
 

@@ -132,16 +132,7 @@ def genotype_cost(genotype: ChainGenotype, cfg: ChainSpec) -> ChainCost:
     head = head_cost(cfg, c_in)
     parts["head"] = (head.params, head.macs)
     schedule += [("head" + suffix, live) for suffix, live in head.steps]
-    peak_at, peak = max(schedule, key=lambda s: s[1])  # max keeps the first on ties
-    return ChainCost(
-        params=sum(p for p, _ in parts.values()),
-        macs=sum(m for _, m in parts.values()),
-        peak_sram_bytes_int8=peak,
-        peak_sram_bytes_f32=4 * peak,
-        peak_at=peak_at,
-        parts=parts,
-        schedule=tuple(schedule),
-    )
+    return ChainCost.from_parts(parts, schedule)
 
 
 # --- every choice, for extremes and the knapsack --------------------------------------------------

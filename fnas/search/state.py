@@ -36,7 +36,7 @@ def arch_optimizer(cfg: SearchConfig) -> Transformation:
 
 def init_search(cfg: SearchConfig, gen: torch.Generator, *, dtype: torch.dtype = torch.float32) -> SearchState:
     """A fresh search state: supernet init from ``gen``, zero optimiser states, step 0."""
-    weights, alphas, stats = cfg.space.init(gen, dtype=dtype)
+    weights, alphas, stats = getattr(cfg, "space", cfg).init(gen, dtype=dtype)
     return SearchState(
         weights,
         alphas,

@@ -21,13 +21,14 @@ from fnas.core.collectives import Sync
 from fnas.core.optim import clip_by_global_norm, cosine_lr
 from fnas.search.config import SearchConfig
 from fnas.search.state import SearchState, arch_optimizer, weight_optimizer
+from fnas.spaces.base import Space
 
 Tensor = torch.Tensor
 Batch = tuple[Tensor, Tensor]
 
 
 def supernet_loss(
-    weights: dict, alphas: dict, stats: dict, batch: Batch, *, cfg: SearchConfig, train: bool = True,
+    weights: dict, alphas: dict, stats: dict, batch: Batch, *, cfg: SearchConfig | Space, train: bool = True,
     sync: Sync | None = None,
 ):
     """Cross-entropy of the supernet on ``batch``.
@@ -43,7 +44,8 @@ def supernet_loss(
     if sync is not None:
         weights, alphas = sync.sync_grads(weights), sync.sync_grads(alphas)
     x, y = batch
-    logits, new_stats = cfg.space.apply(weights, alphas, stats, x, train=train, sync=sync)
+    space = getattr(cfg, "space", cfg)  # a SearchConfig, or the space itself
+    logits, new_stats = space.apply(weights, alphas, stats, x, train=train, sync=sync)
     loss = F.cross_entropy(logits, y)
     correct = (logits.argmax(-1) == y).sum()
     return loss, (new_stats, correct)

@@ -24,6 +24,8 @@ training defaults) on train + validation and tested once:
   time); the best is retrained like the others (Li and Talwalkar, UAI 2019);
 - ``fnas cell (lean)``: the DARTS cell space without the 1x1 preprocessing where channels match,
   one late reduction, stem multiplier 1, the wide kx1 primitives (``LEAN_KX1``), sized to bind;
+- ``random cell (lean)``: random search as above, over the lean cell space, for as long as the
+  lean cell search took;
 - ``FCN``: Wang, Yan and Oates (IJCNN 2017), widths (w, 2w, w), kernels 8, 5, 3, the largest w
   within the budget;
 - ``ResNet``: the same paper's residual network (three blocks of k = 8, 5, 3 convolutions with a
@@ -68,7 +70,7 @@ from fnas.spaces.chain import ChainSpaceConfig, for_budget  # noqa: E402
 from fnas.spaces.chain import genotype_cost as chain_cost  # noqa: E402
 
 BUDGETS = ("5k", "20k", "macs")
-CONTENDERS = ("fnas chain", "random chain", "fnas cell (lean)", "FCN", "ResNet")
+CONTENDERS = ("fnas chain", "random chain", "fnas cell (lean)", "random cell (lean)", "FCN", "ResNet")
 HAND = ("FCN", "ResNet")
 SETTINGS = {  # batch, search epochs (at least DEFAULTS' minimum of steps), training epochs
     "watch": {"batch": 64, "search_epochs": 10, "train_epochs": 15},
@@ -267,6 +269,8 @@ def job(dataset: str, budget: str, seed: int, settings: dict, path: str, contend
             rows[name] = run_random(chain_space(ds, b), ds, b, seed, s, rows["fnas chain"]["search_cpu_s"])
         elif name == "fnas cell (lean)":
             rows[name] = run_fnas(lean_cell_space(ds, b), ds, b, seed, s)
+        elif name == "random cell (lean)":  # as much CPU time as the lean cell search took
+            rows[name] = run_random(lean_cell_space(ds, b), ds, b, seed, s, rows["fnas cell (lean)"]["search_cpu_s"])
         else:
             rows[name] = run_hand(FCN if name == "FCN" else ResNet, ds, b, seed, s)
     out = {"dataset": dataset, "budget": budget, "budgets": b, "seed": seed, "settings": s, "rows": rows}
@@ -315,16 +319,22 @@ def render(results: list[dict], dataset: str) -> str:
     return "\n".join(lines)
 
 
+PAIRS = [("fnas chain", r) for r in ("random chain", "FCN", "ResNet", "fnas cell (lean)")] + [
+    ("fnas cell (lean)", r) for r in ("random cell (lean)", "FCN")]
+
+
 def verdicts(results: list[dict], datasets: list[str]) -> list[str]:
     out = []
     for dataset in datasets:
         for budget in BUDGETS:
-            for rival in ("random chain", "FCN", "ResNet", "fnas cell (lean)"):
-                m, se, n = paired(results, dataset, budget, "fnas chain", rival)
+            for ours, rival in PAIRS:
+                m, se, n = paired(results, dataset, budget, ours, rival)
                 if n:
                     word = "beats" if m > se else ("ties" if m > -se else "loses to")
-                    out.append(f"| {dataset} | {budget} | {rival} | {100 * m:+.1f} | {100 * se:.1f} | {n} | {word} |")
-    return ["| dataset | budget | fnas chain vs | mean diff (points) | SE | n | verdict |", "|---|---|---|---:|---:|---:|---|"] + out
+                    out.append(f"| {dataset} | {budget} | {ours} | {rival} | {100 * m:+.1f} | {100 * se:.1f} | {n} "
+                               f"| {word} |")
+    return ["| dataset | budget | ours | rival | mean diff (points) | SE | n | verdict |",
+            "|---|---|---|---|---:|---:|---:|---|"] + out
 
 
 def plot(results: list[dict], datasets: list[str], path: Path) -> None:
@@ -367,7 +377,7 @@ def report(results: list[dict], args, settings: dict, elapsed: float) -> str:
         "sample std over seeds; the recipe is in the script's docstring. Settings: "
         + "; ".join(f"{d}: batch {s['batch']}, search {s['search_epochs']} epochs, training {s['train_epochs']} "
                     "epochs" for d, s in settings.items() if d in datasets) + ".\n",
-        "## Paired differences (fnas chain minus rival, same seeds)\n",
+        "## Paired differences (ours minus rival, same seeds)\n",
         "\n".join(verdicts(results, datasets)) + "\n",
     ]
     for dataset in datasets:
@@ -390,8 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from the finished jobs")
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if "random chain" in args.contenders and "fnas chain" not in args.contenders:
-        parser.error("random chain gets fnas chain's CPU time: run both")
+    for rand, searched in (("random chain", "fnas chain"), ("random cell (lean)", "fnas cell (lean)")):
+        if rand in args.contenders and searched not in args.contenders:
+            parser.error(f"{rand} gets {searched}'s CPU time: run both")
     torch.set_num_threads(1)
     settings = QUICK if args.quick else SETTINGS
     jobs_dir = args.out / "jobs"

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fnas.app.c_header import write_c_header
+from fnas.cost import greedy_arena_bytes
 from fnas.data import MissingDependencyError
 from fnas.core.io import atomic_write_bytes
 
@@ -42,6 +43,7 @@ __all__ = [
     "live_tensor_peak_bytes",
     "lower_for_tflm",
     "min_arena_bytes",
+    "planned_arena_bytes",
     "quantize_full_int8",
     "require_tflite_deps",
     "tflite_ops",
@@ -346,36 +348,52 @@ def _float_ops(tflite_bytes: bytes, *, allow_io: bool) -> list[str]:
     return sorted(found)
 
 
+def _activation_buffers(tflite_bytes: bytes) -> tuple[list[tuple[int, int, int]], int]:
+    """``(bytes, first op, last op)`` of every non-constant tensor in index order (TFLM's lifetime
+    rule: the model input from op 0, a tensor from the op writing it to the last op reading it, the
+    model output to the last op), and the number of ops."""
+    model, _, types = _model(tflite_bytes)
+    graph = model.subgraphs[0]
+    n_ops = len(graph.operators)
+    first: dict[int, int] = {int(i): 0 for i in graph.inputs}
+    last: dict[int, int] = {int(i): n_ops - 1 for i in graph.outputs}
+    for step, op in enumerate(graph.operators):
+        for i in op.outputs:
+            first.setdefault(int(i), step)
+            last[int(i)] = max(last.get(int(i), step), step)
+        for i in op.inputs:
+            if i >= 0 and not _is_constant(model, graph.tensors[i]):
+                last[int(i)] = max(last.get(int(i), step), step)
+    out = []
+    for i in sorted(set(first) | set(last)):
+        t = graph.tensors[i]
+        nbytes = int(np.prod(t.shape)) * _TYPE_BYTES.get(types[t.type], 4)
+        out.append((nbytes, first.get(i, 0), last.get(i, first.get(i, 0))))
+    return out, n_ops
+
+
 def live_tensor_peak_bytes(tflite_bytes: bytes) -> int:
     """The largest sum, over the ops in execution order, of the activation buffers alive at that op.
 
     A tensor is alive from the op that writes it (the start, for the model input) to the last op
     that reads it (the end, for the output); every op's inputs and output are alive together (no
-    TFLM kernel here works in place); each buffer is rounded up to 16 bytes. This is what TFLM's
-    greedy memory planner needs at least for the non-persistent ("head") part of its arena,
-    before kernel scratch buffers and any fragmentation.
+    TFLM kernel here works in place); each buffer is rounded up to 16 bytes. A lower bound on the
+    planned ("head") part of TFLM's arena; :func:`planned_arena_bytes` is the plan itself.
     """
-    model, _, types = _model(tflite_bytes)
-    graph = model.subgraphs[0]
-    n_ops = len(graph.operators)
-    first: dict[int, int] = {i: 0 for i in graph.inputs}
-    last: dict[int, int] = {i: n_ops - 1 for i in graph.outputs}
-    for step, op in enumerate(graph.operators):
-        for i in op.outputs:
-            first.setdefault(i, step)
-        for i in op.inputs:
-            if i >= 0 and not _is_constant(model, graph.tensors[i]):
-                last[i] = max(last.get(i, step), step)
-    size = {}
-    for i in set(first) | set(last):
-        t = graph.tensors[i]
-        nbytes = int(np.prod(t.shape)) * _TYPE_BYTES.get(types[t.type], 4)
-        size[i] = -(-nbytes // _ALIGN) * _ALIGN
-    peak = 0
-    for step in range(n_ops):
-        live = sum(size[i] for i in size if first.get(i, 0) <= step <= last.get(i, first.get(i, 0)))
-        peak = max(peak, live)
-    return peak
+    buffers, n_ops = _activation_buffers(tflite_bytes)
+    sizes = [(-(-b // _ALIGN) * _ALIGN, f, l) for b, f, l in buffers]
+    return max((sum(s for s, f, l in sizes if f <= step <= l) for step in range(n_ops)), default=0)
+
+
+def planned_arena_bytes(tflite_bytes: bytes) -> int:
+    """The activation arena TFLM's greedy memory planner lays this model's tensors out in.
+
+    :func:`fnas.cost.greedy_arena_bytes` on the flatbuffer's activation tensors (index order,
+    TFLM's lifetimes). With kernels that ask for no scratch buffers (TFLM's reference kernels
+    here) it equals the measured ``head`` of :func:`tflm_arena`.
+    """
+    buffers, _ = _activation_buffers(tflite_bytes)
+    return greedy_arena_bytes(buffers)
 
 
 # --- running on TensorFlow Lite Micro --------------------------------------------------------
@@ -510,6 +528,7 @@ def export_tflite(
     *,
     int8_io: bool = True,
     predicted_sram_bytes: int | None = None,
+    predicted_arena_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ``folder/model.tflite``, ``folder/model_int8.tflite`` and ``model_data.h``.
 
@@ -526,11 +545,13 @@ def export_tflite(
         int8_io: int8 input and output tensors (else float32, quantised inside the model).
         predicted_sram_bytes: fnas' predicted peak activation memory (int8) to report beside the
             measured arena, e.g. ``fnas.cost.genotype_cost(genotype, space).peak_sram_bytes_int8``.
+        predicted_arena_bytes: fnas' prediction of TFLM's planned activation arena,
+            ``genotype_cost(genotype, space, runtime="tflm").peak_sram_bytes_int8``.
 
     Returns:
         A JSON-ready report: input/output tensors (shape, dtype, scale, zero point), per model its
         file, flash bytes, ops and test accuracy; int8/float agreement; the arena (total, head, tail,
-        the live-tensor peak of the graph) beside the prediction and their ratios.
+        the live-tensor peak and the greedy plan of the graph) beside the predictions and their ratios.
 
     Raises:
         ValueError: bad inputs, a network the converter cannot take, or a model left partly float.
@@ -560,11 +581,15 @@ def export_tflite(
     q_logits = tflm_logits(int8, x_nhwc)
     arena = tflm_arena(int8)
     arena["live_tensor_peak_bytes"] = live_tensor_peak_bytes(int8)
+    arena["planned_arena_bytes"] = planned_arena_bytes(int8)
     arena["min_arena_bytes"] = min_arena_bytes(int8, start=arena["total_bytes"])
     if predicted_sram_bytes is not None:
         arena["predicted_sram_bytes"] = int(predicted_sram_bytes)
         arena["head_over_predicted"] = arena["head_bytes"] / max(int(predicted_sram_bytes), 1)
         arena["total_over_predicted"] = arena["total_bytes"] / max(int(predicted_sram_bytes), 1)
+    if predicted_arena_bytes is not None:
+        arena["predicted_tflm_head_bytes"] = int(predicted_arena_bytes)
+        arena["head_over_predicted_tflm"] = arena["head_bytes"] / max(int(predicted_arena_bytes), 1)
 
     atomic_write_bytes(folder / FLOAT_FILE, f32)
     atomic_write_bytes(folder / INT8_FILE, int8)

@@ -49,8 +49,9 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
                               per_channel=not args.per_tensor, threads=args.threads)
     if tflite:
         predicted = genotype_cost(run.genotype, run.space).peak_sram_bytes_int8
+        arena = genotype_cost(run.genotype, run.space, runtime="tflm").peak_sram_bytes_int8
         report["tflite"] = export_tflite(model, calib.x, ds.test.x, ds.test.y, out, int8_io=not args.float_io,
-                                         predicted_sram_bytes=predicted)
+                                         predicted_sram_bytes=predicted, predicted_arena_bytes=arena)
     report.update(
         run=str(run.path.resolve()),
         data=ds.summary(),
@@ -82,7 +83,8 @@ def tflite_text(rep: dict, out) -> str:
     accs = ", ".join(f"{k} {v['test_acc']:.4f}" for k, v in models.items() if "test_acc" in v)
     return (f"tflite    {sizes}; test accuracy on TFLite Micro: {accs}\n"
             f"          tensor arena {arena['total_bytes']:,} B (activations {arena['head_bytes']:,} B; fnas "
-            f"predicted {arena['predicted_sram_bytes']:,} B); C header {out / 'model_data.h'}")
+            f"predicted {arena.get('predicted_tflm_head_bytes', 0):,} B for TFLM, {arena['predicted_sram_bytes']:,} B "
+            f"fused); C header {out / 'model_data.h'}")
 
 
 def _calibration(ds: Dataset, split: str, samples: int, seed: int) -> Split:

@@ -10,6 +10,7 @@ References:
     Tan et al. MnasNet: Platform-Aware Neural Architecture Search for Mobile. CVPR 2019 (budgets).
 """
 
+from fnas.spaces.chain.cost import RUNTIMES, OpGraph, greedy_arena_bytes
 from fnas.cost.budget import budget_misses, check_budget, max_cost, min_cost
 from fnas.cost.counts import METRICS, Cost, Metric, OpCost, genotype_cost, primitive_cost
 from fnas.cost.expected import Estimator, expected_cost
@@ -18,6 +19,8 @@ from fnas.cost.penalty import parse_mode, penalty
 
 __all__ = [
     "METRICS",
+    "RUNTIMES",
+    "OpGraph",
     "Cost",
     "Estimator",
     "Metric",
@@ -27,6 +30,7 @@ __all__ = [
     "derive_within_budget",
     "expected_cost",
     "genotype_cost",
+    "greedy_arena_bytes",
     "max_cost",
     "min_cost",
     "parse_mode",

@@ -21,6 +21,7 @@ from fnas.spaces.primitives import OpCost, Primitive, out_grid
 from fnas.spaces.primitives.modules import FunctionalOp
 from fnas.cost.chain import chain_of
 from fnas.spaces.chain import genotype_cost as chain_genotype_cost
+from fnas.spaces.chain.cost import OpGraph, check_runtime, same_padding_matches
 from fnas.spaces.base import Cost
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "last_uses",
     "primitive_cost",
     "stem_parts",
+    "tflm_graph",
 ]
 
 Shape = tuple[int, int]
@@ -159,7 +161,7 @@ def _check_kinds(ops: Sequence[str], kx1: bool) -> None:
             raise ValueError(f"Genotype op {op!r} is {kind} but the space is {space}; derive it from this space")
 
 
-def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
+def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any, *, runtime: str = "fused") -> Cost:
     """Exact params, MACs and peak activation memory of the NetworkCnn a genotype builds.
 
     Peak activation memory is the most elements live at any kernel step of a node-by-node
@@ -172,17 +174,21 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
     concat is zero-copy (nodes are written into their slices of the cell output, which stays live
     until the next cell has read it); the head pools (cell output + vector), then multiplies.
 
-    This is the peak of a runtime that fuses BN and ReLU and writes concat inputs in place, which
-    is what the search should rank networks by. TFLite Micro does neither (measured with
-    ``fnas export --format tflite``, docs/tflite.md): every op, ReLU, concat and the slice+pad of a
-    strided skip included, gets its own output buffer, so its planned activation arena was 1.50-1.75x
-    this prediction on the networks measured. The runtime's figure is
-    :func:`fnas.app.tflite.live_tensor_peak_bytes` of the exported flatbuffer (within 0-11% of the
-    measured arena); reserve the arena ``export.json`` reports, not this number.
+    This ``runtime="fused"`` peak is that of a runtime that fuses BN and ReLU and writes concat
+    inputs in place; the search constrains it (``--max-sram``, the penalty, the knapsack), since it
+    is what the architecture decides, is additive over a cell's steps and has a differentiable
+    expectation. TFLite Micro does neither fusion (docs/tflite.md): ``runtime="tflm"`` returns the
+    activation arena TFLM's greedy planner lays out for the int8 export (:func:`tflm_graph`: the
+    ReLU before a preprocessing or factorised-reduce conv is a copy unless the converter folds it
+    into the conv feeding it, the concat is a copy and requantises inputs of differing scales, a
+    strided skip is ReLU, 1x1 conv, SLICE, PAD, 1x1 conv, concat, a strided pool is the stride-1
+    pool plus a STRIDED_SLICE, buffers are 16-byte aligned), 1.5-1.75x the fused figure on cells.
 
     Args:
         genotype: a :class:`Genotype_CNN` with ``cfg.nodes`` nodes and ``cfg.multiplier`` concat.
         cfg: the space, or a config holding it as ``.space`` (its sizes size the network).
+        runtime: ``"fused"`` or ``"tflm"`` (then ``peak_sram_bytes_int8`` / ``_f32`` are TFLM's
+            planned arena and the schedule lists each TFLite op with its aligned live int8 bytes).
 
     Returns:
         A :class:`Cost` at batch 1.
@@ -195,9 +201,10 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
         Liberis, Dudziak, Lane. muNAS: Constrained Neural Architecture Search for Microcontrollers.
         EuroMLSys 2021 (peak memory usage of an execution schedule).
     """
+    check_runtime(runtime)
     chain = chain_of(cfg)
     if chain is not None:
-        return chain_genotype_cost(genotype, chain)
+        return chain_genotype_cost(genotype, chain, runtime=runtime)
     space = space_of(cfg)
     validate_genotype(genotype, nodes=space.nodes, multiplier=space.multiplier)
     kx1 = space.is_1d
@@ -232,7 +239,112 @@ def genotype_cost(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> Cost:
         c_last = len(concat) * c
     parts["head"] = head_parts(c_last, space.num_classes)
     schedule += [("head.pool", x_elems + c_last), ("head.linear", c_last + space.num_classes)]
+    if runtime == "tflm":
+        return tflm_graph(genotype, space).cost(Cost, parts)
     return Cost.from_parts(parts, schedule)
+
+
+def _padded(shape: Shape, k: int, dilation: int, stride: int, kx1: bool) -> Shape | None:
+    """The explicitly padded grid a strided 'same' op needs in TFLite (None: SAME padding matches)."""
+    axes = (0,) if kx1 else (0, 1)
+    if all(same_padding_matches(shape[a], k, dilation, stride) for a in axes):
+        return None
+    pad = 2 * dilation * (k // 2)
+    return (shape[0] + pad, shape[1] if kx1 else shape[1] + pad)
+
+
+def _node_ops(g: OpGraph, key: str, name: str, x: int, c: int, stride: int, shape: Shape, kx1: bool) -> int:
+    """Add the TFLite ops of primitive ``name`` on tensor ``x``; the id of its output (``x``: identity)."""
+    prim = P.get(name)
+    out = out_grid(shape, stride, kx1)
+    n_in, n_out = c * shape[0] * shape[1], c * out[0] * out[1]
+    if prim.family == "skip" and stride == 1:
+        return x
+    if prim.family == "skip":  # factorised reduce: ReLU, 1x1 conv / shift by one (SLICE, PAD), 1x1 conv, concat
+        r = g.add(f"{key}.relu", [x], n_in, relu=True)
+        h1 = g.add(f"{key}.conv1", [r], n_out // 2)
+        shifted = (shape[0] - 1) * (shape[1] if kx1 else shape[1] - 1)
+        p = g.add(f"{key}.pad", [g.add(f"{key}.slice", [r], c * shifted)], n_in)
+        return g.add(key, [h1, g.add(f"{key}.conv2", [p], n_out - n_out // 2)], n_out)
+    if prim.family == "pool":  # a strided 'same' pool is the stride-1 pool, then every other row
+        y = g.add(key if stride == 1 else f"{key}.pool", [x], n_in)
+        return y if stride == 1 else g.add(key, [y], n_out)
+    if name.startswith(("sep_conv", "dil_conv")):  # (ReLU, [PAD], depthwise, pointwise): twice for sep
+        dilation = 2 if name.startswith("dil_conv") else 1
+        for rep in range(2 if name.startswith("sep_conv") else 1):
+            x = g.add(f"{key}.relu{rep}", [x], n_in if rep == 0 else n_out, relu=True)
+            padded = _padded(shape, prim.kernel, dilation, stride, kx1) if rep == 0 else None
+            if padded is not None:
+                x = g.add(f"{key}.pad", [x], c * padded[0] * padded[1])
+            x = g.add(f"{key}.dw{rep}", [x], n_out, conv=True)
+            x = g.add(f"{key}.pw{rep}", [x], n_out, conv=True)
+        return x
+    padded = _padded(shape, prim.kernel, 1, stride, kx1) if prim.kernel else None
+    if padded is not None:
+        x = g.add(f"{key}.pad", [x], c * padded[0] * padded[1])
+    return g.add(key, [x], n_out, conv=True)  # conv_bn_relu (BN and ReLU folded), or a user's op
+
+
+def _concat(g: OpGraph, key: str, inputs: list[int], group: dict[int, int], free: set[int], elems: int) -> int:
+    """The cell's CONCATENATION, after a QUANTIZE copy of each input whose scale cannot be the output's.
+
+    int8 concat inputs share the output's scale. Inputs of one scale (e.g. a node and a max pool of
+    it) need nothing; otherwise each input that is not a conv read only by the concat (a conv can
+    write any scale) is requantised by a QUANTIZE op (ai-edge-quantizer's choice, measured).
+    """
+    if len({group[t] for t in inputs}) > 1:
+        inputs = [t if t in free else g.add(f"{key}.requantize", [t], g.elems[t]) for t in inputs]
+    return g.add(key, inputs, elems)
+
+
+def tflm_graph(genotype: Genotype_CNN, cfg: SpaceConfig | Any) -> OpGraph:
+    """The ops TFLite Micro runs for the int8 export of the genotype's NetworkCnn (BN folded).
+
+    Raises:
+        ValueError: an invalid genotype for the space.
+    """
+    space = space_of(cfg)
+    validate_genotype(genotype, nodes=space.nodes, multiplier=space.multiplier)
+    kx1, shape = space.is_1d, space.input_shape
+    g = OpGraph(space.in_channels * shape[0] * shape[1])
+    x = 0
+    if space.with_input_batchnorm:  # (x - mean) * scale: two elementwise ops, a buffer each
+        x = g.add("input_bn.sub", [x], g.elems[0])
+        x = g.add("input_bn.mul", [x], g.elems[0])
+    c_last = space.stem_multiplier * space.C
+    x = g.add("stem", [x], c_last * shape[0] * shape[1], conv=True)
+    group = {x: x}  # tensor -> the tensor whose scale it has (pools, slices, skips keep their input's)
+    for layer, (reduction, c_in, c) in enumerate(cell_plan(space)):
+        cell = list(genotype.reduce if reduction else genotype.normal)
+        concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        name = f"cells.{layer}"
+        if preprocesses(space.preprocess, c_in, c):
+            r = g.add(f"{name}.pre.relu", [x], c_in * shape[0] * shape[1], relu=True)
+            x = g.add(f"{name}.pre", [r], c * shape[0] * shape[1], conv=True)
+            group[r], group[x] = r, x
+        states, shapes = [x], [shape]
+        for j, (op, i) in enumerate(cell, start=1):
+            stride = 2 if reduction and i == 0 else 1
+            before = len(g.elems)
+            y = _node_ops(g, f"{name}.n{j}.{op}", op, states[i], c, stride, shapes[i], kx1)
+            keeps_scale = P.get(op).family == "pool"  # (an identity skip returns states[i] itself)
+            for t in range(before, len(g.elems)):
+                group[t] = group[states[i]] if keeps_scale else t
+            states.append(y)
+            shapes.append(out_grid(shapes[i], stride, kx1))
+        readers = {t for _, inputs, _, _ in g.ops for t in inputs}
+        convs = {out for _, _, out, kind in g.ops if kind == "conv"}
+        free = {states[k] for k in concat if states[k] in convs and states[k] not in readers}
+        shape = shapes[concat[0]]
+        elems = len(concat) * c * shape[0] * shape[1]
+        inputs = [states[k] for k in concat]
+        x = inputs[0] if len(inputs) == 1 else _concat(g, name, inputs, group, free, elems)
+        for t in range(len(group), len(g.elems)):
+            group[t] = t
+        c_last = len(concat) * c
+    x = g.add("head.pool", [x], c_last)
+    g.add("head.linear", [x], space.num_classes)
+    return g
 
 
 def last_uses(inputs: Sequence[int], concat: Sequence[int]) -> list[int]:

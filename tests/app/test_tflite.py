@@ -60,7 +60,9 @@ def watch_export(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tflite")
     test_x, test_y = data.test.x[:300], data.test.y[:300]
     predicted = genotype_cost(genotype, space).peak_sram_bytes_int8
-    report = tflite.export_tflite(model, data.valid.x[:200], test_x, test_y, folder, predicted_sram_bytes=predicted)
+    arena = genotype_cost(genotype, space, runtime="tflm").peak_sram_bytes_int8
+    report = tflite.export_tflite(model, data.valid.x[:200], test_x, test_y, folder, predicted_sram_bytes=predicted,
+                                  predicted_arena_bytes=arena)
     torch.set_num_threads(threads)
     return model, test_x, folder, report
 
@@ -98,6 +100,39 @@ def test_arena_report(watch_export):
     assert arena["predicted_sram_bytes"] > 0
     assert arena["head_over_predicted"] == pytest.approx(arena["head_bytes"] / arena["predicted_sram_bytes"])
     json.dumps(report)  # JSON-ready
+
+
+def test_tflm_prediction_matches_the_measured_activation_arena(watch_export):
+    """The greedy plan of the flatbuffer is TFLM's head exactly (reference kernels: no scratch), and
+    fnas' TFLM-faithful prediction from the genotype alone is within 10% of it (the fused one is not)."""
+    _, _, _, report = watch_export
+    arena = report["arena"]
+    assert arena["planned_arena_bytes"] == arena["head_bytes"]
+    assert abs(arena["head_over_predicted_tflm"] - 1) <= 0.10
+    assert arena["head_over_predicted"] > 1.3  # why the TFLM mode exists
+
+
+def test_chain_tflm_prediction_is_exact(tmp_path):
+    """Chains with input BN, conv / dilated / sep blocks, identity and strided (padded) blocks: the
+    predicted TFLM arena equals the measured head."""
+    tflite = _deps()
+    from fnas.cost import genotype_cost
+    from fnas.spaces.chain import ChainGenotype, ChainSpaceConfig
+
+    cfg = ChainSpaceConfig(input_shape=(64, 1), widths=(16, 32, 32, 16), strides=(1, 2, 1, 2))
+    genotype = ChainGenotype((("conv_k5_d1", 12), ("sep_k3_d2", 32), ("conv_k3_d1", 24), ("sep_k5_d1", 16)))
+    model = cfg.network(genotype, gen=torch.Generator().manual_seed(0)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # non-trivial statistics, as after training
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(48, 6, 64, 1)
+    report = tflite.export_tflite(model, x[:16], x[16:], torch.randint(0, 7, (32,)), tmp_path,
+                                  predicted_arena_bytes=genotype_cost(genotype, cfg, runtime="tflm").peak_sram_bytes_int8)
+    assert "PAD" in report["int8"]["ops"]  # the strided blocks' explicit padding, which the prediction models
+    assert report["arena"]["planned_arena_bytes"] == report["arena"]["head_bytes"]
+    assert report["arena"]["predicted_tflm_head_bytes"] == report["arena"]["head_bytes"]
 
 
 def test_header_holds_the_exact_flatbuffer(watch_export):

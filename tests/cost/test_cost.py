@@ -785,3 +785,24 @@ def test_derive_within_budget_at_the_minimum_and_below(metric: str) -> None:
     assert {"params": cost.params, "macs": cost.macs, "sram": cost.peak_sram_bytes_int8}[metric] == low
     with pytest.raises(ValueError, match=f"{_ARGS[metric]}={low - 1} is below the minimum achievable.*: {low} "):
         K.derive_within_budget(_alphas(space), space, **{_ARGS[metric]: low - 1})
+
+
+def test_tflm_cell_graph_follows_the_converted_model() -> None:
+    """The ops and arena of genotype A (C4, L3) as litert-torch + ai-edge-quantizer convert it and TFLM
+    plans it (3,584 B measured, docs/tflite.md): ReLU folded into the stem, ReLU copies before the
+    preprocessing and factorised reduce, SLICE + PAD, stride-1 pool + slice, one requantising copy."""
+    g = Genotype_CNN(normal=[("conv_bn_relu_3x1", 0), ("max_pool_3x1", 1), ("skip_connect", 1)], normal_concat=range(2, 4),
+                     reduce=[("skip_connect", 0), ("conv_bn_relu_5x1", 1), ("avg_pool_3x1", 0)], reduce_concat=range(2, 4))
+    space = SpaceConfig(C=4, num_classes=7, layers=3, in_channels=6, input_shape=(128, 1), nodes=3, multiplier=2,
+                        stem_multiplier=2, with_input_batchnorm=False)
+    cost = K.genotype_cost(g, space, runtime="tflm")
+    ops = [name for name, _ in cost.schedule]
+    assert ops[:5] == ["stem", "cells.0.pre", "cells.0.n1.conv_bn_relu_3x1", "cells.0.n2.max_pool_3x1", "cells.0"]
+    assert ops[5:13] == ["cells.1.pre.relu", "cells.1.pre", "cells.1.n1.skip_connect.relu", "cells.1.n1.skip_connect.conv1",
+                         "cells.1.n1.skip_connect.slice", "cells.1.n1.skip_connect.pad", "cells.1.n1.skip_connect.conv2",
+                         "cells.1.n1.skip_connect"]
+    assert ops.count("cells.1.requantize") == 1 and "cells.0.requantize" not in ops  # max pool keeps n1's scale
+    assert len(ops) == 33  # the converted model's op count
+    assert cost.peak_sram_bytes_int8 == 3584 and max(v for _, v in cost.schedule) == 3328
+    fused = K.genotype_cost(g, space)
+    assert (cost.params, cost.macs) == (fused.params, fused.macs) and fused.peak_sram_bytes_int8 == 2048

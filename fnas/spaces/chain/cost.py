@@ -8,6 +8,11 @@ step holds its input and its output; a sep block has two steps (input + depthwis
 depthwise output + output); identity is free (no kernel); the head holds the last activation and
 the pooled vector, then the pooled vector and the logits.
 
+``runtime="tflm"`` instead plans the graph TensorFlow Lite Micro runs (:class:`OpGraph`): the
+input BN is two elementwise ops (SUB, MUL) with a buffer each, a strided block whose symmetric
+padding is not TFLite's SAME padding gets an explicit PAD copy, every buffer is rounded up to 16
+bytes, and the peak is what TFLM's greedy memory planner places (:func:`greedy_arena_bytes`).
+
 Expected cost (differentiable): per block ``p = softmax(op)``, ``q = softmax(width)``, the expected
 output width ``E[c_out] = p_id E[c_in] + (1 - p_id) sum_w q_w w``, and per candidate its exact
 formula at the expected widths, weighted by ``p``. Params and MACs are bilinear in (c_in, c_out)
@@ -18,7 +23,8 @@ and the blocks' choices independent, so this is the exact expectation over genot
 from __future__ import annotations
 
 import functools
-from typing import Literal, Mapping, NamedTuple
+import math
+from typing import Iterable, Literal, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -28,23 +34,162 @@ from fnas.spaces.chain.spec import IDENTITY, ChainSpec, parse_op
 
 __all__ = [
     "METRICS",
+    "RUNTIMES",
     "BlockOption",
+    "Buffer",
     "ChainCost",
+    "OpGraph",
     "block_cost",
     "block_options",
+    "check_runtime",
     "completion",
     "expected_cost",
     "fixed_cost",
     "genotype_cost",
+    "greedy_arena_bytes",
     "head_cost",
     "input_states",
     "max_cost",
     "min_cost",
+    "same_padding_matches",
+    "tflm_graph",
 ]
 
 Tensor = torch.Tensor
 Metric = Literal["params", "macs", "sram"]
 METRICS = ("params", "macs", "sram")
+RUNTIMES = ("fused", "tflm")
+TFLM_ALIGN = 16  # TFLM's planner rounds every non-persistent buffer up to 16 bytes
+
+
+# --- the runtime's tensor graph and its arena (TFLite Micro) ----------------------------------------
+
+
+class Buffer(NamedTuple):
+    """One planned activation buffer: ``elems`` elements live from op ``first`` to op ``last`` (inclusive)."""
+
+    name: str
+    elems: int
+    first: int
+    last: int
+
+
+def _aligned(nbytes: int, align: int = TFLM_ALIGN) -> int:
+    return -(-nbytes // align) * align
+
+
+def greedy_arena_bytes(buffers: Sequence[tuple[int, int, int]], *, align: int = TFLM_ALIGN) -> int:
+    """The arena TFLite Micro's ``GreedyMemoryPlanner`` lays ``(bytes, first, last)`` buffers out in.
+
+    Sizes are rounded up to ``align``; buffers are placed largest first, each at the lowest offset
+    where it overlaps no placed buffer alive at the same time. Ties go to the buffer given last
+    (TFLM fills its sort array from the end, then bubble-sorts it stably; buffers are given in
+    tensor index order). Greedy, so it can exceed the largest sum of
+    buffers alive together (fragmentation); that sum is a lower bound.
+    """
+    items = [(_aligned(b, align), f, l) for b, f, l in buffers if b > 0][::-1]
+    items.sort(key=lambda t: -t[0])  # stable
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last), kept sorted by offset
+    top = 0
+    for size, first, last in items:
+        offset = 0
+        for o, s, f, l in placed:
+            if f > last or first > l:
+                continue  # not alive together
+            if o - offset >= size:
+                break
+            offset = max(offset, o + s)
+        placed.append((offset, size, first, last))
+        placed.sort(key=lambda t: t[0])
+        top = max(top, offset + size)
+    return top
+
+
+class OpGraph:
+    """The ops a runtime without in-place kernels runs, in order, and the tensors they read and write.
+
+    ``add(op, inputs, elems)`` appends an op writing a fresh tensor of ``elems`` elements and
+    returns its id; tensor 0 is the model input, the last op's output the model output. A tensor
+    lives from the op that writes it to the last op that reads it (TFLM's lifetime rule). An op
+    added with ``relu=True`` is a ReLU, which the TFLite converter folds into the conv that feeds
+    it when that conv's output has no other reader (``conv=True`` marks such producers).
+    """
+
+    def __init__(self, input_elems: int) -> None:
+        self.ops: list[tuple[str, tuple[int, ...], int, str]] = []  # (name, inputs, output, kind)
+        self.elems = [int(input_elems)]
+        self.names = ["input"]
+
+    def add(self, op: str, inputs: Iterable[int], elems: int, *, conv: bool = False, relu: bool = False) -> int:
+        """Append ``op`` reading ``inputs`` and writing a new tensor of ``elems`` elements; its id."""
+        self.elems.append(int(elems))
+        self.names.append(op)
+        self.ops.append((op, tuple(inputs), len(self.elems) - 1, "conv" if conv else "relu" if relu else ""))
+        return len(self.elems) - 1
+
+    def _folded(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """The ops after folding each ReLU into the conv that is its input's only reader."""
+        readers: dict[int, int] = {}
+        producer = {out: kind for _, _, out, kind in self.ops}
+        for _, inputs, _, _ in self.ops:
+            for t in inputs:
+                readers[t] = readers.get(t, 0) + 1
+        alias: dict[int, int] = {}
+        ops = []
+        for name, inputs, out, kind in self.ops:
+            inputs = tuple(alias.get(t, t) for t in inputs)
+            if kind == "relu" and len(inputs) == 1 and producer.get(inputs[0]) == "conv" and readers[inputs[0]] == 1:
+                alias[out] = inputs[0]
+                continue
+            ops.append((name, inputs, out))
+        return ops
+
+    def buffers(self) -> list[Buffer]:
+        """Every tensor as a :class:`Buffer` (the input from op 0, the output to the last op)."""
+        ops = self._folded()
+        first, last = {0: 0}, {0: 0}
+        for i, (_, inputs, out) in enumerate(ops):
+            first[out] = last[out] = i
+            for t in inputs:
+                last[t] = max(last.get(t, i), i)
+        last[ops[-1][2]] = len(ops) - 1
+        return [Buffer(self.names[t], self.elems[t], first[t], last[t]) for t in sorted(first)]
+
+    def schedule(self, bytes_per_elem: int = 1) -> list[tuple[str, int]]:
+        """Per op ``(name, aligned bytes of every tensor alive at it)``."""
+        bufs = self.buffers()
+        return [
+            (op, sum(_aligned(b.elems * bytes_per_elem) for b in bufs if b.first <= i <= b.last))
+            for i, (op, _, _) in enumerate(self._folded())
+        ]
+
+    def arena_bytes(self, bytes_per_elem: int = 1) -> int:
+        """The arena TFLM's greedy planner needs for these tensors (:func:`greedy_arena_bytes`)."""
+        return greedy_arena_bytes([(b.elems * bytes_per_elem, b.first, b.last) for b in self.buffers()])
+
+    def cost(self, cls: type[Cost], parts: dict[str, tuple[int, int]]) -> Cost:
+        """A :class:`Cost` of ``parts`` whose schedule is :meth:`schedule` and whose peaks are planned arenas."""
+        schedule = self.schedule()
+        peak_at = max(schedule, key=lambda s: s[1])[0]
+        return cls(
+            params=sum(p for p, _ in parts.values()),
+            macs=sum(m for _, m in parts.values()),
+            peak_sram_bytes_int8=self.arena_bytes(1),
+            peak_sram_bytes_f32=self.arena_bytes(4),
+            peak_at=peak_at,
+            parts=parts,
+            schedule=tuple(schedule),
+        )
+
+
+def same_padding_matches(t: int, k: int, dilation: int, stride: int) -> bool:
+    """Whether PyTorch's symmetric padding ``dilation (k // 2)`` is TFLite's SAME padding on length ``t``.
+
+    When not (a strided 'same' conv on an even length), the converter emits an explicit PAD op.
+    """
+    field = (k - 1) * dilation + 1
+    total = max((math.ceil(t / stride) - 1) * stride + field - t, 0)
+    return total == 2 * dilation * (k // 2)
 
 
 class ChainCost(Cost):
@@ -111,13 +256,51 @@ def head_cost(cfg: ChainSpec, c: int) -> BlockOption:
     return BlockOption("head", c, c * nc + nc, c * nc, ((".pool", t * c + c), (".linear", c + nc)))
 
 
-def genotype_cost(genotype: ChainGenotype, cfg: ChainSpec) -> ChainCost:
+def tflm_graph(genotype: ChainGenotype, cfg: ChainSpec) -> OpGraph:
+    """The ops TFLite Micro runs for the int8 export of the genotype's network (BN and ReLU folded)."""
+    t = cfg.input_shape[0]
+    g = OpGraph(t * cfg.in_channels)
+    x = 0
+    if cfg.with_input_batchnorm:  # (x - mean) * scale: two elementwise ops, a buffer each
+        x = g.add("input_bn.sub", [x], t * cfg.in_channels)
+        x = g.add("input_bn.mul", [x], t * cfg.in_channels)
+    c_in = cfg.in_channels
+    for b, ((op, width), stride) in enumerate(zip(genotype.blocks, cfg.strides)):
+        cand = parse_op(op)
+        if cand is None:
+            continue  # identity: no op
+        t_out = cfg.lengths[b]
+        key = f"blocks.{b}.{op}"
+        if not same_padding_matches(t, cand.kernel, cand.dilation, stride):
+            t += 2 * cand.dilation * (cand.kernel // 2)
+            x = g.add(f"{key}[pad]", [x], t * c_in)
+        if cand.op_type == "conv":
+            x = g.add(key, [x], t_out * width, conv=True)
+        else:
+            x = g.add(f"{key}[dw]", [x], t_out * c_in, conv=True)
+            x = g.add(f"{key}[pw]", [x], t_out * width, conv=True)
+        t, c_in = t_out, width
+    x = g.add("head.pool", [x], c_in)
+    g.add("head.linear", [x], cfg.num_classes)
+    return g
+
+
+def genotype_cost(genotype: ChainGenotype, cfg: ChainSpec, *, runtime: str = "fused") -> ChainCost:
     """Exact params, MACs and peak activation memory of the :class:`ChainNetwork` of ``genotype``.
 
+    Args:
+        genotype: a member of ``cfg``.
+        cfg: the space.
+        runtime: ``"fused"`` (the schedule the search constrains: no copies beyond each kernel's
+            input and output) or ``"tflm"`` (TensorFlow Lite Micro's planned activation arena of
+            the int8 export: ``peak_sram_bytes_int8`` is then the planner's arena, the schedule
+            per TFLite op in aligned int8 bytes).
+
     Raises:
-        ValueError: ``genotype`` is not a member of ``cfg``.
+        ValueError: ``genotype`` is not a member of ``cfg``, or an unknown runtime.
     """
     validate_genotype(genotype, cfg)
+    check_runtime(runtime)
     parts: dict[str, tuple[int, int]] = {}
     schedule: list[tuple[str, int]] = []
     if cfg.with_input_batchnorm:
@@ -132,7 +315,15 @@ def genotype_cost(genotype: ChainGenotype, cfg: ChainSpec) -> ChainCost:
     head = head_cost(cfg, c_in)
     parts["head"] = (head.params, head.macs)
     schedule += [("head" + suffix, live) for suffix, live in head.steps]
+    if runtime == "tflm":
+        return tflm_graph(genotype, cfg).cost(ChainCost, parts)
     return ChainCost.from_parts(parts, schedule)
+
+
+def check_runtime(runtime: str) -> None:
+    """Raise ``ValueError`` unless ``runtime`` is one of :data:`RUNTIMES`."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
 
 
 # --- every choice, for extremes and the knapsack --------------------------------------------------

@@ -173,3 +173,50 @@ def test_expected_cost_errors(kwargs, match):
         expected_cost(cfg.init(make_gen(0))[1], cfg, **kwargs)
     with pytest.raises(ValueError, match="must have shape"):
         expected_cost({}, cfg, metric="params")
+
+
+# --- TFLite Micro's arena (runtime="tflm") --------------------------------------------------------
+
+
+def test_greedy_planner_reuses_gaps_and_breaks_ties_like_tflm() -> None:
+    from fnas.spaces.chain.cost import greedy_arena_bytes
+
+    # a (0-1) and c (2-3) never live together: c reuses a's place; b sits above them
+    assert greedy_arena_bytes([(100, 0, 1), (50, 1, 2), (100, 2, 3)]) == 112 + 64
+    assert greedy_arena_bytes([]) == 0
+    # equal sizes: the one given last is placed first (TFLM fills its sort array from the end), which
+    # here strands the 32-byte buffer alive over 1-3 above the others
+    bufs = [(48, 0, 0), (32, 1, 3), (32, 2, 4), (32, 0, 1)]
+    assert greedy_arena_bytes(bufs) == 112 and greedy_arena_bytes(bufs[::-1]) == 80
+    # the plan can exceed the live peak (fragmentation), never undercut it
+    bufs = [(48, 0, 1), (16, 1, 2), (48, 2, 3), (32, 3, 3)]
+    live = max(sum(-(-b // 16) * 16 for b, f, l in bufs if f <= t <= l) for t in range(4))
+    assert greedy_arena_bytes(bufs) >= live
+
+
+def test_tflm_chain_schedule_by_hand() -> None:
+    """Input BN is two elementwise ops; a strided block on an even length gets a PAD copy; buffers align to 16."""
+    cfg = ChainSpaceConfig(in_channels=3, num_classes=5, input_shape=(32, 1), widths=(8, 8), strides=(2, 1))
+    g = ChainGenotype((("conv_k3_d1", 8), ("sep_k5_d1", 6)))
+    cost = genotype_cost(g, cfg, runtime="tflm")
+    ops = [name for name, _ in cost.schedule]
+    assert ops == ["input_bn.sub", "input_bn.mul", "blocks.0.conv_k3_d1[pad]", "blocks.0.conv_k3_d1",
+                   "blocks.1.sep_k5_d1[dw]", "blocks.1.sep_k5_d1[pw]", "head.pool", "head.linear"]
+    live = dict(cost.schedule)
+    assert live["blocks.0.conv_k3_d1[pad]"] == 96 + 112  # 32*3 in, 34*3 = 102 -> 112 padded
+    assert live["blocks.0.conv_k3_d1"] == 112 + 128  # 16*8 out
+    assert live["head.linear"] == 16 + 16
+    assert cost.peak_sram_bytes_int8 >= max(live.values())
+    assert (cost.params, cost.macs) == (genotype_cost(g, cfg).params, genotype_cost(g, cfg).macs)
+    # odd length: TFLite's SAME padding is symmetric there, so no PAD
+    odd = ChainSpaceConfig(in_channels=3, num_classes=5, input_shape=(31, 1), widths=(8, 8), strides=(2, 1))
+    assert not any("[pad]" in name for name, _ in genotype_cost(g, odd, runtime="tflm").schedule)
+
+
+def test_tflm_equals_fused_on_a_plain_chain() -> None:
+    """Stride 1, no input BN, sizes multiple of 16: TFLM's plan is the fused schedule's peak."""
+    cfg = ChainSpaceConfig(with_input_batchnorm=False)
+    g = ChainGenotype((("conv_k5_d1", 16), ("sep_k3_d1", 32), (IDENTITY, 32), ("conv_k9_d2", 16)))
+    assert genotype_cost(g, cfg, runtime="tflm").peak_sram_bytes_int8 == genotype_cost(g, cfg).peak_sram_bytes_int8
+    with pytest.raises(ValueError, match="Unknown runtime"):
+        genotype_cost(g, cfg, runtime="tvm")

@@ -9,7 +9,8 @@ depthwise output + output); identity is free (no kernel); the head holds the las
 the pooled vector, then the pooled vector and the logits.
 
 ``runtime="tflm"`` instead plans the graph TensorFlow Lite Micro runs (:class:`OpGraph`): the
-input BN is two elementwise ops (SUB, MUL) with a buffer each, a strided block whose symmetric
+input BN is elementwise ops (SUB, MUL; an ADD too when it has a shift, modelled as two: same peak)
+with a buffer each, a strided block whose symmetric
 padding is not TFLite's SAME padding gets an explicit PAD copy, every buffer is rounded up to 16
 bytes, and the peak is what TFLM's greedy memory planner places (:func:`greedy_arena_bytes`).
 

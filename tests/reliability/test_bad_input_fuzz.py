@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,20 @@ N, C, T, K = 24, 2, 8, 3
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 _serial = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def tally(request):
+    """``tally[what] += 1`` per example or kill; the module's totals are printed when it ends (as the
+    "reliability tally" that docs/reliability.md quotes). Here, not in a conftest.py: a second conftest
+    module would shadow ``from conftest import ...`` in other test folders."""
+    counts: Counter = Counter()
+    yield counts
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n--- reliability tally ({request.module.__name__})")
+        for what, count in sorted(counts.items()):
+            print(f"{what}: {count}")
 
 
 def run_fnas(*argv) -> tuple[int, str]:

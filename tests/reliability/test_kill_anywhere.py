@@ -24,7 +24,7 @@ from fnas.core import tree
 from fnas.search.loop import load_checkpoint
 from fnas.spaces.cell.genotype import load_genotype
 
-from test_bad_input_fuzz import run_fnas
+from test_bad_input_fuzz import run_fnas, tally  # noqa: F401 - tally is a fixture
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.usefixtures("single_thread")]
 

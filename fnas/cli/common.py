@@ -58,7 +58,7 @@ def pick_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as err:
-        raise ValueError(f"--device {spec!r} is not a device ({err}); use 'cpu', 'cuda' or 'cuda:N'") from err
+        raise ValueError(f"--device {spec!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {spec} but CUDA is not available; use --device cpu")
     return device

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from fnas.app.export import OPSET
@@ -30,6 +31,52 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 _FMT = _Formatter
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: a usage error is one line naming the option and pointing at ``--help``,
+    not the whole usage block (``fnas search``'s is 30 lines, burying the error under it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int_from(low: int):
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(low: float = 0.0, high: float = math.inf, *, above: bool = False, below: bool = False):
+    """An argparse type: a finite number in ``[low, high]`` (``above`` / ``below``: the open end)."""
+    what = (f"a finite number {'>' if above else '>='} {low:g}"
+            + (f" and {'<' if below else '<='} {high:g}" if high < math.inf else ""))
+
+    def parse(text: str) -> float:
+        try:
+            value = float(str(text).strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if above else value >= low)
+                and (value < high if below else value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+COUNT, POSITIVE, NON_NEGATIVE = _int_from(0), _int_from(1), _number()
 
 
 def _list_of(kind: type, example: str):
@@ -69,7 +116,7 @@ def _add_data(p: argparse.ArgumentParser, default: str | None, note: str = "") -
 
 
 def _add_runtime(p: argparse.ArgumentParser, *, device: bool = True, quiet: bool = True) -> None:
-    p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=COUNT, default=DEFAULTS["threads"], help="torch CPU threads (0: torch's default)")
     if device:
         p.add_argument("--device", default=DEFAULTS["device"], help="'cpu', 'cuda' or 'cuda:N'")
     if quiet:
@@ -98,7 +145,7 @@ def _add_search(sub) -> None:
                    help="continue a killed or crashed search from RUN/checkpoint.pt, with its saved options "
                    "(exactly: the result equals an uninterrupted run); options given here override them, e.g. "
                    "a lower --lr after a divergence")
-    s.add_argument("--checkpoint-every", type=int, default=d["checkpoint_every"], metavar="STEPS",
+    s.add_argument("--checkpoint-every", type=COUNT, default=d["checkpoint_every"], metavar="STEPS",
                    help="also checkpoint every STEPS steps (0: only at the end of every epoch)")
     s.add_argument("--config", type=Path,
                    help="replay a run: a run folder or its config.json (options given here override it)")
@@ -108,9 +155,9 @@ def _add_search(sub) -> None:
                    f"ceil({d['min_search_steps']} / steps per epoch), steps per epoch = training samples // "
                    "--batch-size (the watch data at batch 64: 32 steps, so 10 epochs; a dataset of 390 series: "
                    "100 epochs)")
-    s.add_argument("--train-epochs", type=int, default=d["train_epochs"],
+    s.add_argument("--train-epochs", type=COUNT, default=d["train_epochs"],
                    help="epochs to train the found network (0: search only; train later with `fnas train RUN`)")
-    s.add_argument("--batch-size", type=int, default=d["batch_size"], help="batch size (search and training)")
+    s.add_argument("--batch-size", type=POSITIVE, default=d["batch_size"], help="batch size (search and training)")
     s.add_argument("--space", choices=["chain", "cell"], default=d["space"],
                    help="search space: 'chain' (a chain of conv blocks searching op, kernel, dilation, width and "
                    "depth; kx1 time series only) or 'cell' (the seed's DARTS cells); without --space, 2D data "
@@ -137,21 +184,21 @@ def _add_search(sub) -> None:
                     help="how widths are read off: 'fill' (the widest the budget allows, default) or 'alphas' "
                     "(the width alphas' argmax)")
     ce = s.add_argument_group("cell space (--space cell)")
-    ce.add_argument("--C", type=int,
+    ce.add_argument("--C", type=POSITIVE,
                     help=f"initial channels (default: {d['C']}, or with a budget and neither --C nor --layers: "
                     "the smallest even C whose largest cell network exceeds the budget)")
-    ce.add_argument("--layers", type=int,
+    ce.add_argument("--layers", type=POSITIVE,
                     help=f"cells; layers//3 and 2*layers//3 reduce (default: {d['layers']})")
-    ce.add_argument("--nodes", type=int, default=d["nodes"], help="intermediate nodes per cell")
-    ce.add_argument("--multiplier", type=int, default=d["multiplier"], help="nodes concatenated into a cell's output")
-    ce.add_argument("--stem-multiplier", type=int, default=d["stem_multiplier"], help="stem width = this * C")
+    ce.add_argument("--nodes", type=POSITIVE, default=d["nodes"], help="intermediate nodes per cell")
+    ce.add_argument("--multiplier", type=POSITIVE, default=d["multiplier"], help="nodes concatenated into a cell's output")
+    ce.add_argument("--stem-multiplier", type=POSITIVE, default=d["stem_multiplier"], help="stem width = this * C")
     ce.add_argument(
         "--primitives",
         default=d["primitives"],
         help=f"comma-separated primitives (default: the seed's kx1 set for time series, DARTS' 2D set for "
         f"images); known: {','.join(P.names())}",
     )
-    ce.add_argument("--partial-channels", type=int, default=d["partial_channels"], metavar="K",
+    ce.add_argument("--partial-channels", type=POSITIVE, default=d["partial_channels"], metavar="K",
                     help="PC-DARTS: mixed ops see 1/K of the channels (1: off)")
     ce.add_argument("--reductions", type=_list_of(int, "1,3"),
                     help="indices of the reduction cells ('' for none; default: layers//3 and 2*layers//3)")
@@ -160,27 +207,27 @@ def _add_search(sub) -> None:
                     "where the channels differ)")
     s.add_argument("--hypergrad", choices=list(HYPERGRADS), default=d["hypergrad"],
                    help="architecture gradient: first order, exact unrolled, or DARTS' finite difference")
-    s.add_argument("--unroll-steps", type=int, default=d["unroll_steps"], help="virtual steps for --hypergrad exact")
-    s.add_argument("--lr", type=float, default=d["lr"], help="weight learning rate during search (cosine)")
-    s.add_argument("--lr-min", type=float, default=d["lr_min"], help="final weight learning rate of the cosine")
-    s.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
-    s.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="weight decay during search")
-    s.add_argument("--grad-clip", type=float, default=d["grad_clip"], help="max global gradient norm")
-    s.add_argument("--arch-lr", type=float, default=d["arch_lr"], help="Adam learning rate of the alphas")
-    s.add_argument("--arch-weight-decay", type=float, default=d["arch_weight_decay"], help="alpha weight decay")
+    s.add_argument("--unroll-steps", type=POSITIVE, default=d["unroll_steps"], help="virtual steps for --hypergrad exact")
+    s.add_argument("--lr", type=NON_NEGATIVE, default=d["lr"], help="weight learning rate during search (cosine)")
+    s.add_argument("--lr-min", type=NON_NEGATIVE, default=d["lr_min"], help="final weight learning rate of the cosine")
+    s.add_argument("--momentum", type=_number(0.0, 1.0, below=True), default=d["momentum"], help="SGD momentum")
+    s.add_argument("--weight-decay", type=NON_NEGATIVE, default=d["weight_decay"], help="weight decay during search")
+    s.add_argument("--grad-clip", type=_number(above=True), default=d["grad_clip"], help="max global gradient norm")
+    s.add_argument("--arch-lr", type=NON_NEGATIVE, default=d["arch_lr"], help="Adam learning rate of the alphas")
+    s.add_argument("--arch-weight-decay", type=NON_NEGATIVE, default=d["arch_weight_decay"], help="alpha weight decay")
     s.add_argument("--warmup-epochs", type=_auto_or_int, default=AUTO,
                    help=f"search epochs that train only the weights before the alphas train; 'auto': "
                    f"{round(100 * d['warmup_fraction'])}%% of the search epochs, rounded down; must be fewer than "
                    "the epochs")
-    s.add_argument("--train-lr", type=float, default=d["train_lr"], help="learning rate for training the found network")
-    s.add_argument("--seed", type=int, default=d["seed"], help="random seed (init and batch order)")
+    s.add_argument("--train-lr", type=_number(above=True), default=d["train_lr"], help="learning rate for training the found network")
+    s.add_argument("--seed", type=COUNT, default=d["seed"], help="random seed (init and batch order)")
     s.add_argument("--mode", dest="penalty_mode", default=None,
                    help="resource-aware search: 'Memory' (parameters), 'Compute' (MACs), 'SRAM' (peak "
                    "activations), or a combination like 'Memory+Compute'")
-    s.add_argument("--penalty-weight", type=float,
+    s.add_argument("--penalty-weight", type=NON_NEGATIVE,
                    help=f"weight of the resource penalty (default: the space's: {d['penalty_weight']} on cells, "
                    f"{d['chain_penalty_weight']} on chains, where the exact knapsack meets the budget)")
-    s.add_argument("--beta-weight", type=float, default=d["beta_weight"],
+    s.add_argument("--beta-weight", type=NON_NEGATIVE, default=d["beta_weight"],
                    help="beta-DARTS regularisation weight (linear schedule from 0; 0: off)")
     s.add_argument("--selection", choices=list(SELECTIONS),
                    help="how the genotype is read off the supernet: per node (block) the op whose removal raises "
@@ -192,12 +239,12 @@ def _add_search(sub) -> None:
                    "spread: see README), after a first compile of about 12 minutes (32 for exact) that later "
                    "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
                    "searches and repeated runs; not under torchrun")
-    s.add_argument("--max-params", type=int,
+    s.add_argument("--max-params", type=POSITIVE,
                    help="parameter budget (turns on the 'Memory' penalty). With a budget and no size option "
                    "(--widths on chains, --C / --layers on cells) the space is sized so that the budget binds. "
                    f"Chains with neither a budget nor --widths search under {DEFAULTS['chain_max_params']:,}")
-    s.add_argument("--max-macs", type=int, help="MAC budget (turns on the 'Compute' penalty)")
-    s.add_argument("--max-sram", dest="max_sram_bytes", type=int,
+    s.add_argument("--max-macs", type=POSITIVE, help="MAC budget (turns on the 'Compute' penalty)")
+    s.add_argument("--max-sram", dest="max_sram_bytes", type=POSITIVE,
                    help="peak activation budget in bytes at int8 (turns on the 'SRAM' penalty)")
     _add_runtime(s)
 
@@ -223,15 +270,15 @@ def _add_train(sub) -> None:
     _add_data(t, None, note=" (default: the run's dataset; 'watch' for a genotype file)")
     t.add_argument("--out", type=Path, help="new run folder to write (default: the run folder itself; "
                    "runs/train-<name>-<time> for a genotype file)")
-    t.add_argument("--epochs", type=int,
+    t.add_argument("--epochs", type=POSITIVE,
                    help=f"training epochs (default: the run's --train-epochs, else {d['train_epochs']})")
-    t.add_argument("--batch-size", type=int, help=f"batch size (default: the run's, else {d['batch_size']})")
-    t.add_argument("--lr", type=float,
+    t.add_argument("--batch-size", type=POSITIVE, help=f"batch size (default: the run's, else {d['batch_size']})")
+    t.add_argument("--lr", type=_number(above=True),
                    help=f"initial learning rate (default: the run's --train-lr, else {d['train_lr']})")
-    t.add_argument("--seed", type=int, help=f"random seed (default: the run's, else {d['seed']})")
-    t.add_argument("--C", type=int, help=f"initial channels (default: the run's, else {d['C']})")
-    t.add_argument("--layers", type=int, help=f"cells (default: the run's, else {d['layers']})")
-    t.add_argument("--stem-multiplier", type=int,
+    t.add_argument("--seed", type=COUNT, help=f"random seed (default: the run's, else {d['seed']})")
+    t.add_argument("--C", type=POSITIVE, help=f"initial channels (default: the run's, else {d['C']})")
+    t.add_argument("--layers", type=POSITIVE, help=f"cells (default: the run's, else {d['layers']})")
+    t.add_argument("--stem-multiplier", type=POSITIVE,
                    help=f"stem width = this * C (default: the run's, else {d['stem_multiplier']})")
     _add_runtime(t)
 
@@ -271,10 +318,10 @@ def _add_export(sub) -> None:
     e.add_argument("run", type=Path, metavar="RUN", help="a trained run folder (holding model.pt)")
     _add_data(e, None, note=" (default: the run's dataset)")
     e.add_argument("--out", type=Path, help="folder for the exported files (default: the run folder)")
-    e.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset of the float model (>= {OPSET})")
+    e.add_argument("--opset", type=_int_from(OPSET), default=OPSET, help=f"ONNX opset of the float model (>= {OPSET})")
     e.add_argument("--calib-split", choices=["valid", "train"], default=d["calib_split"],
                    help="split that calibrates the int8 activation ranges (the test split is never used)")
-    e.add_argument("--calib-samples", type=int, default=d["calib_samples"],
+    e.add_argument("--calib-samples", type=POSITIVE, default=d["calib_samples"],
                    help="at most this many calibration samples (a seeded random subset)")
     e.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor instead of per channel")
     e.add_argument("--format", choices=["onnx", "tflite", "all"], default="onnx",
@@ -284,7 +331,7 @@ def _add_export(sub) -> None:
                         "all: both. The reports go into export.json")
     e.add_argument("--float-io", action="store_true",
                    help="tflite: float32 input and output around the int8 network (default: int8 in and out)")
-    e.add_argument("--seed", type=int, default=d["seed"], help="seed of the calibration subset")
+    e.add_argument("--seed", type=COUNT, default=d["seed"], help="seed of the calibration subset")
     _add_runtime(e, device=False, quiet=False)
 
 
@@ -295,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Differentiable architecture search for tiny CNNs (kx1 time series and 2D images). "
         "Typical flow: fnas search -> fnas show RUN -> fnas train RUN -> fnas export RUN.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{search,train,show,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{search,train,show,export}",
+                                parser_class=_CommandParser)
     for add in (_add_search, _add_train, _add_show, _add_export):
         add(sub)
     return parser

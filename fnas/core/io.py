@@ -102,9 +102,11 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files; report them all the same way
+        # torch's own text is left out on purpose: it suggests weights_only=False, which would run
+        # arbitrary code from the file (the cause stays chained for debugging)
         raise ValueError(
-            f"Checkpoint {str(path)!r} is truncated or not an fnas checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); restore it from a copy or restart the run"
+            f"Checkpoint {str(path)!r} is truncated or not an fnas checkpoint (fnas reads only tensors and plain "
+            "data written by fnas); restore it from a copy or restart the run"
         ) from err
 
 

@@ -211,11 +211,17 @@ def make_dataset(
     """Standardise (train statistics only) and wrap ``[(x, y)] * 3`` as a :class:`Dataset`."""
     xs = [np.asarray(x, dtype=np.float64) for x, _ in parts]
     stats = (None, None)
-    if standardize:
-        mean, std = _channel_stats(xs[0])
-        xs = [(x - mean) / std for x in xs]
-        stats = tuple(tuple(float(v) for v in a.reshape(-1)) for a in (mean, std))
-    splits = [_to_split(x, y) for x, (_, y) in zip(xs, parts)]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, in the user's terms
+        if standardize:
+            mean, std = _channel_stats(xs[0])
+            xs = [(x - mean) / std for x in xs]
+            stats = tuple(tuple(float(v) for v in a.reshape(-1)) for a in (mean, std))
+        splits = [_to_split(x, y) for x, (_, y) in zip(xs, parts)]
+    if not all(bool(torch.isfinite(s.x).all()) for s in splits) or not np.isfinite(stats[0] or ()).all() or not np.isfinite(stats[1] or ()).all():
+        raise ValueError(
+            f"{name}: the inputs overflow float32 (largest |x| {max(float(np.abs(x).max()) for x, _ in parts):.3g}"
+            f"{', after standardising' if standardize else ''}); rescale them, e.g. to SI units or x / x.std()"
+        )
     x0 = splits[0].x
     return Dataset(
         name=name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,38 @@ SPLIT_KEYS = ("X_train", "y_train", "X_valid", "y_valid", "X_test", "y_test")
 def _npz_array(data: Any, key: str, where: str) -> np.ndarray:
     try:
         return np.asarray(data[key])
-    except ValueError as err:  # object arrays need pickle, which we refuse for safety
-        raise ValueError(
-            f"{where}: array {key!r} could not be read without pickle ({err}); save plain "
-            "numeric arrays, e.g. np.savez(path, X=X.astype('float32'), y=y.astype('int64'))"
-        ) from err
+    except ValueError as err:
+        if "allow_pickle" in str(err):  # object arrays need pickle, which we refuse for safety
+            raise ValueError(
+                f"{where}: array {key!r} holds Python objects (dtype object), which cannot be read without pickle "
+                "(unsafe for files from others, so fnas never does); save plain numeric arrays, e.g. "
+                "np.savez(path, X=X.astype('float32'), y=y.astype('int64'))"
+            ) from err
+        raise ValueError(_damaged(where, f"array {key!r} cannot be read")) from err
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(_damaged(where, f"array {key!r} cannot be read")) from err
+
+
+def _damaged(where: str, what: str) -> str:
+    return (f"{where}: not a readable .npz archive ({what}: it is damaged or truncated, e.g. a copy or download that "
+            "stopped early); write it again with np.savez(path, X=X, y=y)")
+
+
+def _sniff(p: Path) -> str | None:
+    """What ``p`` holds when it is not a zip (.npz) or .npy file, in a user's words; ``None`` when it is."""
+    with open(p, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+        return None
+    if not head:
+        return "it is empty"
+    if head[:1] == b"\x80":
+        return "it holds a Python pickle"
+    try:
+        head.decode("utf-8")
+        return "it holds text (a CSV or JSON file renamed .npz?)"
+    except UnicodeDecodeError:
+        return "it holds other binary data"
 
 
 def _check_x(x: np.ndarray, key: str, where: str) -> np.ndarray:
@@ -48,7 +76,8 @@ def _check_x(x: np.ndarray, key: str, where: str) -> np.ndarray:
     return x if x.ndim == 4 else x[..., None]  # time series become kx1 "images"
 
 
-def _check_y(y: np.ndarray, n: int, key: str, xkey: str, where: str) -> np.ndarray:
+def _check_y(y: np.ndarray, n: int, key: str, xkey: str, where: str, n_max: int | None = None) -> np.ndarray:
+    n_max = n if n_max is None else n_max  # labels >= the sample count in all cannot be contiguous
     if y.ndim != 1:
         raise ValueError(
             f"{where}: {key} has shape {y.shape}; expected a 1-D array of N integer labels "
@@ -59,25 +88,40 @@ def _check_y(y: np.ndarray, n: int, key: str, xkey: str, where: str) -> np.ndarr
             f"{where}: {xkey} has N={n} samples but {key} has {y.shape[0]} labels; "
             "they must have the same length"
         )
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            bad = y[~(np.isfinite(y) & (y == np.round(y)))]
+            raise ValueError(
+                f"{where}: {key} holds {bad.size} non-integer label(s) (e.g. {bad[0].item()!r}); labels must be "
+                "integers 0..K-1, remap with np.unique(y, return_inverse=True)[1] after fixing the NaN/fractional ones"
+            )
         y = y.astype(np.int64)  # integral floats (common after pandas round trips) are fine
     if y.dtype.kind not in "iu":
         raise ValueError(
             f"{where}: {key} has dtype {y.dtype}; labels must be integers 0..K-1, map class "
             "names to ints first (e.g. np.unique(labels, return_inverse=True)[1])"
         )
-    y = y.astype(np.int64)
-    if y.min() < 0:
+    if y.dtype.kind == "i" and y.min() < 0:
         raise ValueError(
-            f"{where}: {key} has negative labels {sorted(set(y[y < 0].tolist()))[:10]}; labels "
+            f"{where}: {key} has negative labels {np.unique(y[y < 0])[:10].tolist()}; labels "
             "must be 0..K-1, remap with np.unique(y, return_inverse=True)[1]"
         )
-    return y
+    if y.max() >= n_max:  # more classes than any split could hold (also keeps uint64 labels in int64)
+        raise ValueError(
+            f"{where}: {key} has label {int(y.max())}, more classes than samples; labels must be 0..K-1, "
+            "remap with np.unique(y, return_inverse=True)[1]"
+        )
+    return y.astype(np.int64)
 
 
 def _check_contiguous(y_all: np.ndarray, y_train: np.ndarray, where: str) -> int:
     k = int(y_all.max()) + 1
-    missing = sorted(set(range(k)) - set(y_all.tolist()))
+    if k > y_all.size:  # more classes than samples: some never occur (and np.arange(k) could be huge)
+        raise ValueError(
+            f"{where}: labels must cover 0..K-1 contiguously but the largest is {k - 1} with only {y_all.size} "
+            "samples in all; remap with np.unique(y, return_inverse=True)[1]"
+        )
+    missing = np.setdiff1d(np.arange(k), y_all).tolist()
     if missing:
         raise ValueError(
             f"{where}: labels must cover 0..{k - 1} contiguously but class(es) {missing[:20]} "
@@ -85,7 +129,7 @@ def _check_contiguous(y_all: np.ndarray, y_train: np.ndarray, where: str) -> int
         )
     if k < 2:
         raise ValueError(f"{where}: only one class (0) found; classification needs at least 2")
-    missing_train = sorted(set(range(k)) - set(y_train.tolist()))
+    missing_train = np.setdiff1d(np.arange(k), y_train).tolist()
     if missing_train:
         raise ValueError(
             f"{where}: class(es) {missing_train[:20]} have no sample in y_train; every class "
@@ -123,15 +167,20 @@ def load_npz(
     """
     p = Path(os.fspath(path)).expanduser()
     where = f"load_npz({str(p)!r})"
+    if p.is_dir():
+        raise ValueError(f"{where}: is a folder; give the path of the .npz file")
     if not p.is_file():
         raise ValueError(f"{where}: no such file; check the path (cwd is {os.getcwd()})")
+    what = _sniff(p)
+    if what is not None:
+        raise ValueError(
+            f"{where}: not a readable .npz archive ({what}); an .npz is a zip of numeric arrays: write it with "
+            "np.savez(path, X=X, y=y)"
+        )
     try:
         data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"{where}: not a readable .npz archive ({err}); write it with "
-            "np.savez(path, X=X, y=y)"
-        ) from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(_damaged(where, "cannot be opened")) from err
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(
             f"{where}: file holds a single .npy array, not an .npz archive; write it with "
@@ -161,9 +210,10 @@ def load_npz(
 
     if present:
         parts = []
+        total = sum(arrays[k].size for k in ("y_train", "y_valid", "y_test"))
         for xk, yk in (("X_train", "y_train"), ("X_valid", "y_valid"), ("X_test", "y_test")):
             x = _check_x(arrays[xk], xk, where)
-            parts.append((x, _check_y(arrays[yk], x.shape[0], yk, xk, where)))
+            parts.append((x, _check_y(arrays[yk], x.shape[0], yk, xk, where, total)))
         shapes = {k: p_[0].shape[1:] for k, p_ in zip(("X_train", "X_valid", "X_test"), parts)}
         if len(set(shapes.values())) != 1:
             raise ValueError(

@@ -154,10 +154,14 @@ def _replay_config(args: argparse.Namespace, argv: list[str]) -> argparse.Namesp
         config = json.loads(path.read_text())
         saved = config["cli"]
         config["search"]  # noqa: B018 - only search runs can be replayed
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-        raise ValueError(
-            f"--config {str(path)!r} is not the config.json of an `fnas search` run ({type(err).__name__}: {err})"
-        ) from err
+    except UnicodeDecodeError as err:  # a binary file: the codec's byte offsets would not help the user
+        raise ValueError(f"--config {str(path)!r} is not the config.json of an `fnas search` run (not text)") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {str(path)!r} is not the config.json of an `fnas search` run (broken JSON at "
+                         f"line {err.lineno}, column {err.colno}: {err.msg})") from err
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"--config {str(path)!r} is not the config.json of an `fnas search` run (it needs the "
+                         "'cli' and 'search' entries that `fnas search` writes)") from err
     given = given_options(argv)
     for key, value in saved.items():
         if key not in given and hasattr(args, key) and key not in ("config", "out", "quiet"):

@@ -376,3 +376,13 @@ def test_bad_export_and_show_arguments_exit_2(bad, target, data, folder, tally):
     if target != "run":
         assert_rejected("show", [path])
         tally["CLI option sets: show"] += 1
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"{not json", b'{"cli": {}}', b"[]"])
+def test_bad_replayed_config_exit_2(content, data, folder, tally):
+    config = folder / f"config{next(_serial)}.json"
+    config.write_bytes(content)
+    out = folder / f"replay{next(_serial)}"
+    err = assert_rejected("search", ["--config", config, "--data", data, "--out", out], nothing_at=out)
+    assert "codec" not in err and "is not the config.json of an `fnas search` run" in err
+    tally["CLI option sets: search --config"] += 1

@@ -127,6 +127,7 @@ def test_show_prints_genotype_exact_cost_accuracy_and_plots(run):
     assert f"{cost.params:,} parameters" in out and f"{cost.macs:,} MACs" in out
     assert f"{cost.peak_sram_bytes_int8:,} B int8" in out and f"{cost.peak_sram_bytes_f32:,} B float32" in out
     assert f"{summary['test_acc']:.4f} on the held-out test split" in out
+    assert f"1 epochs in {summary['search_seconds']:.0f} s;" in out  # the search's time (all of it, see resume)
     assert summary["params"] == cost.params
     for op, _ in genotype.normal:
         assert op in out
@@ -336,10 +337,20 @@ def test_search_killed_then_resumed_equals_an_uninterrupted_run(npz, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "genotype.json").exists()
+    first = load_checkpoint(killed / "checkpoint.pt")["elapsed_seconds"]  # the killed process's search time
 
     code, out, err = fnas("search", "--resume", killed, "--quiet")
     assert code == 0, err
     assert "resuming" in out
+    # the reported search time is both processes': the killed one's (from its checkpoint) and the resumed one's
+    summary = json.loads((killed / "summary.json").read_text())
+    total = load_checkpoint(killed / "checkpoint.pt")["elapsed_seconds"]  # both, up to the last epoch's end
+    assert total > first > 0 and summary["resumed_seconds"] == round(first, 1)
+    assert summary["search_seconds"] >= round(total, 1) and summary["total_seconds"] >= summary["search_seconds"]
+    assert f"{first:.0f} s of them before the resume" in out
+    assert "resumed_seconds" not in json.loads((whole / "summary.json").read_text())
+    code, shown, _ = fnas("show", killed)
+    assert code == 0 and f"in {summary['search_seconds']:.0f} s ({summary['resumed_seconds']:.0f} s of them before a resume)" in shown
     a, b = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     assert tree.all_equal(a["state"]["alphas"], b["state"]["alphas"])
     assert tree.all_equal(a["state"]["weights"], b["state"]["weights"])

@@ -350,7 +350,8 @@ def test_search_killed_then_resumed_equals_an_uninterrupted_run(npz, tmp_path):
     assert f"{first:.0f} s of them before the resume" in out
     assert "resumed_seconds" not in json.loads((whole / "summary.json").read_text())
     code, shown, _ = fnas("show", killed)
-    assert code == 0 and f"in {summary['search_seconds']:.0f} s ({summary['resumed_seconds']:.0f} s of them before a resume)" in shown
+    before = f"{summary['resumed_seconds']:.0f} s of them before a resume"
+    assert code == 0 and f"in {summary['search_seconds']:.0f} s ({before})" in shown
     a, b = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     assert tree.all_equal(a["state"]["alphas"], b["state"]["alphas"])
     assert tree.all_equal(a["state"]["weights"], b["state"]["weights"])

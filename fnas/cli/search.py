@@ -113,7 +113,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     # the times include those of the runs this one resumed from (their checkpoint carries them)
     t_search = time.time() - t0 + result.resumed_seconds
     cost = genotype_cost(result.genotype, space)
-    summary = _save_search(out, result, space, cost, ds, t_search)
+    summary = _save_search(out, result, space, cost, ds, args.data, t_search)
     if train_cfg is not None:
         summary.update(train_and_test(result.model, ds, out, cfg=train_cfg, batch_size=args.batch_size,
                                       gen=gen_data, device=device, quiet=args.quiet, log=log))
@@ -302,10 +302,11 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, sel
             close_distributed()
 
 
-def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: Dataset, t_search: float) -> dict:
+def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: Dataset, data_spec: str,
+                 t_search: float) -> dict:
     """Write the genotype and the alphas; returns the summary so far (data, genotype, exact cost, search time:
     ``t_search`` includes the resumed runs', ``resumed_seconds`` says how much of it was theirs)."""
-    runs.write_genotype(out, result.genotype, space)
+    runs.write_genotype(out, result.genotype, space, runs.data_record(ds, data_spec))  # fnas train rebuilds both
     runs.save_alphas(out, result.alpha_history)
     return {
         "data": ds.summary(),

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fnas.app.figures import int_locator, new_figure
+from fnas.app.figures import int_locator, mark_picks, new_figure, pick_handles
 from fnas.cost import genotype_cost
 from fnas.spaces.chain import ChainGenotype, ChainSpaceConfig
 from fnas.spaces.chain.spec import IDENTITY, parse_op
@@ -43,8 +43,11 @@ def plot_chain_alphas(
 ):
     """Small multiples: per block, the softmax of its op alphas over the epochs (the ``top`` strongest ops).
 
-    Ops outside the top are summed into one dashed grey "other ops" line; the op the genotype
-    keeps is named in the panel title. Epochs before ``warmup_epochs`` (alphas frozen) are shaded.
+    Ops outside the top are summed into one dashed grey "other ops" line (the kept op and the
+    largest alpha are always drawn); the op the genotype keeps is named in the panel title and
+    ringed at the last epoch, the largest alpha of the last epoch is starred, and named in its
+    panel where the genotype keeps another op (perturbation selection, or a budget, can). Epochs
+    before ``warmup_epochs`` (alphas frozen) are shaded.
 
     Args:
         history: per epoch ``{"b{b}_op": (n_ops,), ...}`` softmax weights (``alphas.pt``).
@@ -76,7 +79,11 @@ def plot_chain_alphas(
         w = np.stack([np.asarray(h[f"b{b}_op"], dtype=np.float64) for h in history])  # (epochs, n_ops)
         if w.shape[1] != len(names):
             raise ValueError(f"block {b}: alphas have {w.shape[1]} ops but the space has {len(names)}")
-        order = np.argsort(-w.max(axis=0), kind="stable")[:top]
+        kept_op = genotype.blocks[b][0] if genotype is not None else None
+        kept = names.index(kept_op) if kept_op in names else None
+        largest = int(np.argmax(w[-1]))
+        order = [int(i) for i in np.argsort(-w.max(axis=0), kind="stable")[:top]]
+        order += [i for i in dict.fromkeys((kept, largest)) if i is not None and i not in order]
         if warmup_epochs > 0:
             ax.axvspan(0.5, min(warmup_epochs, epochs) + 0.5, color="0.92", zorder=0, lw=0)
         for k, i in enumerate(order):
@@ -84,6 +91,11 @@ def plot_chain_alphas(
         if len(names) > len(order):
             rest = np.delete(w, order, axis=1).sum(axis=1)
             ax.plot(x, rest, color="0.55", lw=1.2, ls="--", label=f"other {len(names) - len(order)} ops")
+        mark_picks(ax, epochs, None if kept is None else w[-1, kept], w[-1, largest])
+        if kept is not None and largest != kept:
+            ax.text(0.03, 0.96, f"largest alpha: {op_label(names[largest])}", transform=ax.transAxes, fontsize=7,
+                    va="top", ha="left", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="0.6", alpha=0.9),
+                    zorder=8)
         title = f"block {b}"
         if genotype is not None:
             op, width = genotype.blocks[b]
@@ -104,7 +116,9 @@ def plot_chain_alphas(
     shade = " (grey: warm-up, alphas frozen)" if warmup_epochs > 0 else ""
     fig.suptitle(f"chain blocks: softmax(op alpha) over the search{shade}\n{chain_title(space, selection)}",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    picks = pick_handles(selection) if genotype is not None else pick_handles(selection)[1:]
+    fig.legend(handles=picks, loc="lower center", ncol=len(picks), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.93))
     return fig
 
 

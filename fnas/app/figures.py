@@ -1,4 +1,5 @@
-"""What every plot module shares: a pyplot-free Agg figure, atomic PNG writes, integer axis ticks."""
+"""What every plot module shares: a pyplot-free Agg figure, atomic PNG writes, integer axis ticks, and the
+markers of the kept op and of the largest alpha in the alpha plots."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 from fnas.core.io import atomic_write_bytes
 
-__all__ = ["DPI", "int_locator", "new_figure", "save_figure"]
+__all__ = ["DPI", "int_locator", "kept_label", "mark_picks", "new_figure", "pick_handles", "save_figure",
+           "selection_text"]
 
 DPI = 110
 
@@ -36,3 +38,37 @@ def int_locator():
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(integer=True, nbins=5)
+
+
+def kept_label(selection: str | None) -> str:
+    """The legend label of the kept op: ``"kept (perturbation)"``, ``"kept (alphas)"`` or ``"kept"``."""
+    return f"kept ({selection})" if selection else "kept"
+
+
+def selection_text(selection: str | None) -> str:
+    """How the kept op was selected, for a title: the rule, and how it relates to the largest alpha."""
+    if selection == "perturbation":
+        return ("selected by perturbation (removing it raises the supernet's validation loss most), "
+                "not by the largest alpha")
+    if selection == "alphas":
+        return "selected by the alphas: the largest alpha, unless a budget ruled it out"
+    return "selected by a rule not recorded here"
+
+
+def mark_picks(ax, x: float, kept: float | None, largest: float | None) -> None:
+    """Mark, at epoch ``x``, the kept op's weight (a ring) and the largest alpha (a star) in one panel.
+
+    Scatter points, not lines, so a panel's ``lines`` stay one per op.
+    """
+    if kept is not None:
+        ax.scatter([x], [kept], s=110, facecolors="none", edgecolors="k", linewidths=1.6, zorder=6)
+    if largest is not None:
+        ax.scatter([x], [largest], s=70, marker="*", color="k", zorder=7)
+
+
+def pick_handles(selection: str | None) -> list:
+    """Legend entries for :func:`mark_picks`' markers."""
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="", marker="o", mfc="none", mec="k", mew=1.6, ms=9, label=kept_label(selection)),
+            Line2D([], [], ls="", marker="*", color="k", ms=9, label="largest alpha (last epoch)")]

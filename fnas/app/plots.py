@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from fnas.app.chain_plots import CHAIN_PLOT_FILES, plot_chain, plot_chain_alphas
-from fnas.app.figures import int_locator, new_figure, save_figure
+from fnas.app.figures import int_locator, mark_picks, new_figure, pick_handles, save_figure, selection_text
+from fnas.spaces.cell.genotype import pick_nodes
 from fnas.spaces.cell.supernet import edge_row
 from fnas.spaces.chain import ChainSpaceConfig
 
@@ -59,12 +62,16 @@ def plot_alphas(
     kind: str = "normal",
     genotype=None,
     warmup_epochs: int = 0,
+    selection: str | None = None,
 ):
     """Small multiples of one cell type's edge weights over the epochs.
 
     Panel (row ``j``, column ``i``) is the edge from state ``i`` to node ``j`` (``in`` is the cell
-    input); it has one line per primitive. The panel of the edge the genotype keeps is framed and
-    its title names the kept op. Epochs before ``warmup_epochs`` (alphas frozen) are shaded.
+    input); it has one line per primitive. The panel of the edge the genotype keeps is framed, its
+    title names the kept op, and a ring marks that op's last weight; a star marks, per node, the
+    largest alpha of the last epoch (DARTS' pick), named in its panel where it is not the kept op:
+    perturbation selection (and a budget) often keep another one. The title says how the genotype
+    was selected. Epochs before ``warmup_epochs`` (alphas frozen) are shaded.
 
     Args:
         history: per epoch ``{"normal": (E, P), "reduce": (E, P)}`` softmax weights (``alphas.pt``).
@@ -72,6 +79,7 @@ def plot_alphas(
         kind: ``"normal"`` or ``"reduce"``.
         genotype: optional final ``Genotype_CNN`` to highlight the kept edges.
         warmup_epochs: weight-only epochs at the start.
+        selection: how the genotype was selected (``"perturbation"``, ``"alphas"``), for the title and legend.
 
     Returns:
         A matplotlib ``Figure``.
@@ -92,6 +100,10 @@ def plot_alphas(
     if genotype is not None:
         for j, (op, i) in enumerate(getattr(genotype, kind), start=1):
             kept[(i, j)] = op
+    largest = {}  # per node, the strongest non-none (edge, op) of the last epoch: what the alphas would keep
+    if any(name != "none" for name in primitives):
+        for j, (op, i) in enumerate(pick_nodes(torch.as_tensor(w[-1]), primitives, nodes), start=1):
+            largest[(i, j)] = op
     colors = _op_colors(primitives)
     x = np.arange(1, epochs + 1)
     lo, hi = float(w.min()), float(w.max())
@@ -116,6 +128,12 @@ def plot_alphas(
             for k, name in enumerate(primitives):
                 ax.plot(x, w[:, row, k], color=colors[name], lw=1.6, marker=marker, ms=3,
                         ls="--" if name == "none" else "-", label=name)
+            ring, star = kept.get((i, j)), largest.get((i, j))
+            mark_picks(ax, epochs, None if ring is None else w[-1, row, primitives.index(ring)],
+                       None if star is None else w[-1, row, primitives.index(star)])
+            if star is not None and genotype is not None and star != ring:
+                ax.text(0.03, 0.96, f"largest alpha: {star}", transform=ax.transAxes, fontsize=7, va="top",
+                        ha="left", bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="0.6", alpha=0.9), zorder=8)
             title = f"{_state_name(i)} \u2192 n{j}"
             if (i, j) in kept:
                 title += f"  (kept: {kept[(i, j)]})"
@@ -138,6 +156,9 @@ def plot_alphas(
 
         handles.append(Patch(color="0.92", label="warm-up (alphas frozen)"))
         labels.append("warm-up (alphas frozen)")
+    picks = pick_handles(selection) if genotype is not None else pick_handles(selection)[1:]
+    handles += picks
+    labels += [h.get_label() for h in picks]
     right = 1 - margin / width
     if margin:
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right + 0.01, 0.5), fontsize=8,
@@ -145,10 +166,13 @@ def plot_alphas(
     else:
         fig.legend(handles, labels, loc="upper right", bbox_to_anchor=(0.99, 0.93), fontsize=8,
                    title="primitive", title_fontsize=8)
-    sep = "\n" if width < 9 else " "
-    fig.suptitle(f"{kind} cell: softmax(alpha) per edge over the search{sep}(framed: the edge the genotype keeps)",
-                 fontsize=11)
-    fig.tight_layout(rect=(0, 0, right, 0.97 if sep == " " else 0.93))
+    if genotype is not None:
+        why = f"framed and ringed: the edge and op the genotype keeps, {selection_text(selection)}"
+    else:
+        why = "starred: the largest alpha per node (last epoch)"
+    why = textwrap.fill(why, width=int(11 * width))
+    fig.suptitle(f"{kind} cell: softmax(alpha) per edge over the search\n{why}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, right, 0.97 - 0.035 * (why.count("\n") + 1)))
     return fig
 
 
@@ -385,10 +409,12 @@ def write_plots(
     elif alpha_history and primitives:
         for kind in ("normal", "reduce"):
             jobs[f"alphas_{kind}.png"] = lambda kind=kind: plot_alphas(
-                alpha_history, primitives, kind=kind, genotype=genotype, warmup_epochs=warmup_epochs
+                alpha_history, primitives, kind=kind, genotype=genotype, warmup_epochs=warmup_epochs,
+                selection=selection,
             )
     if genotype is not None and chain is None:
-        jobs["cells.png"] = lambda: plot_cells(genotype, primitives=primitives)
+        title = textwrap.fill(f"ops {selection_text(selection)}", 80) if selection else None
+        jobs["cells.png"] = lambda: plot_cells(genotype, primitives=primitives, title=title)
     if records and any(r.get("phase") in ("search", "train") for r in records):
         jobs["curves.png"] = lambda: plot_curves(records, test_acc=test_acc, warmup_epochs=warmup_epochs)
     for name, make in jobs.items():

@@ -4,7 +4,8 @@ Layout of a run folder (``fnas search`` writes all of it; ``fnas train --out`` a
 search files, so ``show`` and ``export`` work on either)::
 
     config.json      everything needed to replay the run (``fnas search --config``), the space with its type
-    genotype.json    the derived genotype (a chain's carries its space, see :mod:`fnas.app.spaces`)
+    genotype.json    the derived genotype with the space it was searched in and the data it was searched on
+                     (:func:`genotype_file`), so ``fnas train genotype.json`` rebuilds that network
     metrics.jsonl    one JSON record per epoch, ``phase`` "search" or "train"
     alphas.pt        softmax(alphas) per search epoch
     checkpoint.pt    the whole search state, for ``fnas search --resume`` (see fnas.search.loop)
@@ -25,13 +26,13 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from fnas.app.plots import write_plots
-from fnas.app.spaces import Space, genotype_json, is_chain, space_from_dict
+from fnas.app.spaces import Space, chain_genotype_from_json, genotype_json, is_chain, space_from_dict, space_to_dict
 from fnas.app.train import build_network
 from fnas.core.io import append_jsonl, atomic_torch_save, atomic_write_json, safe_torch_load
 from fnas.cost import Cost
 from fnas.data import Dataset
 from fnas.search.defaults import DEFAULTS, selection_for
-from fnas.spaces.cell.genotype import load_genotype, save_genotype
+from fnas.spaces.cell.genotype import genotype_from_dict, load_genotype, save_genotype
 
 CONFIG, GENOTYPE, METRICS, ALPHAS = "config.json", "genotype.json", "metrics.jsonl", "alphas.pt"
 CHECKPOINT, MODEL, SUMMARY, PLOTS_DIR = "checkpoint.pt", "model.pt", "summary.json", "plots"
@@ -124,12 +125,64 @@ def write_config(folder: Path, config: dict) -> None:
     atomic_write_json(Path(folder) / CONFIG, config)
 
 
-def write_genotype(folder: Path, genotype: Any, space: Space | None = None) -> None:
-    """Write ``genotype.json``: a cell genotype in the seed's format; a chain genotype with its ``space``."""
-    if space is not None and is_chain(space):
-        atomic_write_json(Path(folder) / GENOTYPE, genotype_json(genotype, space))
-    else:
+class GenotypeFile(NamedTuple):
+    """A genotype JSON file: the genotype, and the space and data it records (``None`` where it has none)."""
+
+    genotype: Any  # Genotype_CNN or ChainGenotype
+    space: Space | None
+    data: dict | None  # data_record's entries
+
+
+def data_record(ds: Dataset, spec: str) -> dict:
+    """What a genotype file records of the data: the spec to load it again, its name and shapes."""
+    return {"spec": str(spec), "name": ds.name, "in_channels": int(ds.in_channels),
+            "input_shape": [int(v) for v in ds.input_shape], "num_classes": int(ds.num_classes)}
+
+
+def genotype_file(genotype: Any, space: Space, data: dict | None = None) -> dict:
+    """What ``genotype.json`` holds: the genotype (a cell's in the seed's format, whose readers ignore the
+    other keys), ``"space"`` (its type), ``"space_config"`` (:func:`fnas.app.spaces.space_to_dict`, as
+    ``config.json`` stores it) and, when given, ``"data"`` (:func:`data_record`)."""
+    record = dict(genotype_json(genotype, space))
+    record.update(space="chain" if is_chain(space) else "cell", space_config=space_to_dict(space))
+    if data is not None:
+        record["data"] = data
+    return record
+
+
+def write_genotype(folder: Path, genotype: Any, space: Space | None = None, data: dict | None = None) -> None:
+    """Write ``genotype.json``: :func:`genotype_file`; without a space, a cell genotype in the seed's bare format."""
+    if space is None:
         save_genotype(genotype, Path(folder) / GENOTYPE)
+        return
+    atomic_write_json(Path(folder) / GENOTYPE, genotype_file(genotype, space, data))
+
+
+def read_genotype_file(path: Path) -> GenotypeFile:
+    """A genotype JSON file: one ``fnas search`` / ``fnas train`` wrote (with its space and data), a bare chain
+    genotype (``{"space": "chain", "blocks": ...}``), or a bare cell genotype in the seed's format.
+
+    Raises:
+        ValueError: not JSON, not a genotype, a space that is not the genotype's kind, or a malformed
+            ``data`` entry; the message names the file.
+    """
+    where = f"genotype file {str(path)!r}"
+    raw = read_json(path, "genotype file")  # a clear message for a file that is not JSON at all
+    if not isinstance(raw, dict):
+        return GenotypeFile(load_genotype(path), None, None)  # load_genotype says what is wrong
+    data = raw.get("data")
+    if data is not None and not (isinstance(data, dict) and isinstance(data.get("spec"), str)):
+        raise ValueError(f"{where}: 'data' must be an object with the dataset's 'spec' (e.g. \"watch\"), got "
+                         f"{data!r:.80}")
+    if raw.get("space") == "chain":
+        genotype, space = chain_genotype_from_json(raw, where)
+        return GenotypeFile(genotype, space, data)
+    space = space_from_dict(raw["space_config"], where) if "space_config" in raw else None
+    if space is not None and is_chain(space):
+        raise ValueError(f"{where}: 'space_config' is a chain space, but the genotype is a cell genotype "
+                         "(a chain genotype file has \"space\": \"chain\" and \"blocks\")")
+    genotype = genotype_from_dict(raw) if space is not None else load_genotype(path)
+    return GenotypeFile(genotype, space, data)
 
 
 def write_summary(folder: Path, summary: dict) -> None:

@@ -260,14 +260,19 @@ def _add_train(sub) -> None:
             "Nesterov momentum, cosine learning rate, label smoothing 0.1, weight decay 5e-4) on "
             "train+valid, and report its accuracy on the held-out test split. SOURCE is a run folder "
             "(from `fnas search`, e.g. with --train-epochs 0), whose model.pt/summary.json it writes, "
-            "or a genotype JSON file, for which it creates a new run folder (--out). A run that "
+            "or a genotype JSON file, for which it creates a new run folder (--out). A genotype.json "
+            "that `fnas search` wrote carries the space it was searched in and its data, and trains "
+            "that network; a bare genotype (the seed's format) trains in the cell space the size "
+            "options give (else the defaults below) on --data, and the command says what it assumed. "
+            "A run that "
             "already holds a model.pt is never overwritten: pass --out to train again elsewhere "
             "(also to change the network size or the dataset)."
         ),
         formatter_class=_FMT,
     )
     t.add_argument("source", type=Path, metavar="RUN_OR_GENOTYPE.json", help="a run folder or a genotype JSON file")
-    _add_data(t, None, note=" (default: the run's dataset; 'watch' for a genotype file)")
+    _add_data(t, None, note=" (default: the run's dataset, or the one the genotype file was searched on; 'watch' "
+              "for a genotype file that names none)")
     t.add_argument("--out", type=Path, help="new run folder to write (default: the run folder itself; "
                    "runs/train-<name>-<time> for a genotype file)")
     t.add_argument("--epochs", type=POSITIVE,
@@ -276,10 +281,11 @@ def _add_train(sub) -> None:
     t.add_argument("--lr", type=_number(above=True),
                    help=f"initial learning rate (default: the run's --train-lr, else {d['train_lr']})")
     t.add_argument("--seed", type=COUNT, help=f"random seed (default: the run's, else {d['seed']})")
-    t.add_argument("--C", type=POSITIVE, help=f"initial channels (default: the run's, else {d['C']})")
-    t.add_argument("--layers", type=POSITIVE, help=f"cells (default: the run's, else {d['layers']})")
+    space = "the run's or genotype file's space, else"
+    t.add_argument("--C", type=POSITIVE, help=f"initial channels (default: {space} {d['C']})")
+    t.add_argument("--layers", type=POSITIVE, help=f"cells (default: {space} {d['layers']})")
     t.add_argument("--stem-multiplier", type=POSITIVE,
-                   help=f"stem width = this * C (default: the run's, else {d['stem_multiplier']})")
+                   help=f"stem width = this * C (default: {space} {d['stem_multiplier']})")
     _add_runtime(t)
 
 

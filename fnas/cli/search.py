@@ -110,13 +110,14 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
     if not lead:
         return 0  # every rank found the same genotype; rank 0 writes it and trains the network alone
 
-    t_search = time.time() - t0
+    # the times include those of the runs this one resumed from (their checkpoint carries them)
+    t_search = time.time() - t0 + result.resumed_seconds
     cost = genotype_cost(result.genotype, space)
-    summary = _save_search(out, result, space, cost, ds, t_search)
+    summary = _save_search(out, result, space, cost, ds, args.data, t_search)
     if train_cfg is not None:
         summary.update(train_and_test(result.model, ds, out, cfg=train_cfg, batch_size=args.batch_size,
                                       gen=gen_data, device=device, quiet=args.quiet, log=log))
-    summary["total_seconds"] = round(time.time() - t0, 1)
+    summary["total_seconds"] = round(time.time() - t0 + result.resumed_seconds, 1)
     runs.write_summary(out, summary)
     plots = runs.write_run_plots(out, genotype=result.genotype, space=space, alphas=result.alpha_history,
                                  test_acc=summary.get("test_acc"), warmup_epochs=schedule.warmup_epochs,
@@ -305,9 +306,11 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, sel
             close_distributed()
 
 
-def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: Dataset, t_search: float) -> dict:
-    """Write the genotype and the alphas; returns the summary so far (data, genotype, exact cost)."""
-    runs.write_genotype(out, result.genotype, space)
+def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: Dataset, data_spec: str,
+                 t_search: float) -> dict:
+    """Write the genotype and the alphas; returns the summary so far (data, genotype, exact cost, search time:
+    ``t_search`` includes the resumed runs', ``resumed_seconds`` says how much of it was theirs)."""
+    runs.write_genotype(out, result.genotype, space, runs.data_record(ds, data_spec))  # fnas train rebuilds both
     runs.save_alphas(out, result.alpha_history)
     return {
         "data": ds.summary(),
@@ -315,6 +318,7 @@ def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: 
         **runs.cost_summary(cost),
         "budget_misses": result.budget_misses,
         "search_seconds": round(t_search, 1),
+        **({"resumed_seconds": round(result.resumed_seconds, 1)} if result.resumed_seconds else {}),
     }
 
 
@@ -325,7 +329,8 @@ def _report(out: Path, result: SearchResult, cost: Cost, cfg: SearchConfig, trai
             ds: Dataset, summary: dict, t_search: float, plots: list[Path]) -> str:
     """What the search found: genotype, exact cost, budget, accuracy, and where the files are."""
     last = result.history[-1] if result.history else {}
-    lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s)",
+    before = f", {result.resumed_seconds:.0f} s of them before the resume" if result.resumed_seconds else ""
+    lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s{before})",
              f"data      {ds.summary()}", "genotype", *genotype_lines(result.genotype, cfg.space),
              f"cost      {cost_text(cost)}"]
     if cfg.penalty_metrics:

@@ -30,7 +30,11 @@ def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
     search = [r for r in runs.read_metrics(run.path) if r.get("phase") == "search"]
     if search:
         last = search[-1]
-        lines.append(f"search    {len(search)} epochs; last: supernet train acc "
+        seconds = summary.get("search_seconds")
+        took = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        if took and summary.get("resumed_seconds"):
+            took += f" ({summary['resumed_seconds']:.0f} s of them before a resume)"
+        lines.append(f"search    {len(search)} epochs{took}; last: supernet train acc "
                      f"{last.get('train_acc', float('nan')):.3f}"
                      + (f", valid acc {last['valid_acc']:.3f}" if "valid_acc" in last else ""))
     if isinstance(summary.get("test_acc"), (int, float)) and run.trained:

@@ -2,7 +2,9 @@
 
 A search-only run is trained in place; anything else (a genotype file, a run that already holds a
 model, a resized network) goes to a new run folder, so a trained model is never overwritten. Cell
-and chain genotypes both train; a chain genotype's widths are its own (no size options).
+and chain genotypes both train; a chain genotype's widths are its own (no size options). A genotype
+file that ``fnas search`` wrote carries its space and data, so its network is the searched one; a
+bare genotype (the seed's format) gets the size options' or the default space, and says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import NamedTuple
 import torch
 
 from fnas.app import runs
-from fnas.app.spaces import Space, chain_genotype_from_json, chain_space_for, space_to_dict
+from fnas.app.spaces import Space, chain_space_for, space_to_dict, space_type
 from fnas.app.train import TrainConfig, build_network
 from fnas.cli.common import (
     absolute_data_spec,
@@ -29,12 +31,12 @@ from fnas.cli.common import (
     set_threads,
     train_and_test,
 )
-from fnas.cost import genotype_cost
+from fnas.cost import Cost, genotype_cost
 from fnas.data import Dataset, load_dataset
 from fnas.search.defaults import DEFAULTS
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import Genotype_CNN, load_genotype
-from fnas.spaces.chain import ChainGenotype, ChainSpaceConfig
+from fnas.spaces.cell.genotype import Genotype_CNN
+from fnas.spaces.chain import ChainGenotype
 
 SIZES = ("C", "layers", "stem_multiplier")  # the options that size a cell network
 
@@ -56,22 +58,24 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
                    stem_multiplier=args.stem_multiplier)
     set_threads(args)
     device = pick_device(args.device)
-    run, genotype, saved_space = _open_source(args.source)
+    run, source = _open_source(args.source)
+    genotype, base = source.genotype, source.space  # base: the space it was searched in (None: a bare genotype)
     chain = isinstance(genotype, ChainGenotype)
     if chain:
         _check_no_sizes(args)
-    settings = _settings(args, run, chain)
+    settings = _settings(args, run, chain, base, source.data)
     out, in_place = _destination(args, run, settings.sizes)
 
-    ds = load_dataset(settings.data)
+    ds = _load_data(settings.data, from_file=run is None and args.data is None and source.data is not None,
+                    where=args.source)
     if in_place:
         runs.check_fits(ds, run.space, f"run {str(run.path)!r}")
-    if chain:
-        space = chain_space_for(genotype, in_channels=ds.in_channels, num_classes=ds.num_classes,
-                                input_shape=tuple(ds.input_shape), base=run.space if run else saved_space)
-    else:
-        space = _space(genotype, settings.sizes, ds, run.space if run else None)
-    cost = genotype_cost(genotype, space)  # also checks that the genotype fits the data's kind
+    if run is None and (base is None or source.data is None and args.data is None):
+        log(_assumed(args, chain, base, source.data))
+    space, cost = _fit(genotype, base, settings.sizes, ds, args.source, (source.data or {}).get("spec"))
+    if base is not None and _shapes(base) != _shapes(ds):
+        log(f"note      {args.source} was searched on data of {_shapes_text(_shapes(base))}; {ds.name} has "
+            f"{_shapes_text(_shapes(ds))}: the network's input and head follow {ds.name}")
     model = build_network(space, genotype, torch.Generator().manual_seed(settings.seed))
     if not in_place:
         _new_run_folder(out, args, settings, space, genotype, ds)
@@ -102,19 +106,77 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _open_source(source: Path) -> tuple[runs.Run | None, Genotype_CNN | ChainGenotype, ChainSpaceConfig | None]:
-    """The run folder (``None`` for a genotype file), the genotype to train, and the chain space a chain
-    genotype file carries (``None`` otherwise: a run's space is ``run.space``)."""
+def _open_source(source: Path) -> tuple[runs.Run | None, runs.GenotypeFile]:
+    """The run folder (``None`` for a genotype file), and the genotype to train with the space it was
+    searched in (a run's, or the one its file records; ``None`` for a bare genotype) and its data."""
     if not source.exists():
         raise ValueError(f"{str(source)!r} does not exist; give a run folder or a genotype JSON file")
     if source.is_dir():
         run = runs.open_run(source)
-        return run, run.genotype, None
-    data = runs.read_json(source, "genotype file")  # a clear message for a file that is not JSON at all
-    if isinstance(data, dict) and data.get("space") == "chain":
-        genotype, space = chain_genotype_from_json(data, f"genotype file {str(source)!r}")
-        return None, genotype, space
-    return None, load_genotype(source), None
+        return run, runs.GenotypeFile(run.genotype, run.space, None)
+    return None, runs.read_genotype_file(source)
+
+
+def _load_data(spec: str, *, from_file: bool, where: Path) -> Dataset:
+    """The dataset; one the genotype file names but that cannot be loaded here says how to pick another."""
+    try:
+        return load_dataset(spec)
+    except ValueError as err:
+        if not from_file:
+            raise
+        raise ValueError(f"{err} (the data genotype file {str(where)!r} was searched on; pass --data to train on "
+                         "other data)") from err
+
+
+def _shapes(x: Space | Dataset) -> tuple[int, tuple[int, ...], int]:
+    """(channels, input shape, classes) of a space or a dataset."""
+    return int(x.in_channels), tuple(int(v) for v in x.input_shape), int(x.num_classes)
+
+
+def _shapes_text(shapes: tuple[int, tuple[int, ...], int]) -> str:
+    return f"{shapes[0]} channels, input {shapes[1]}, {shapes[2]} classes"
+
+
+def _assumed(args: argparse.Namespace, chain: bool, base: Space | None, data: dict | None) -> str:
+    """One line: what a genotype file without its space (or data) is trained in, and the options that choose."""
+    parts, options = [], []
+    if base is None and not chain:
+        sizes = {k: getattr(args, k) if getattr(args, k) is not None else DEFAULTS[k] for k in SIZES}
+        given = all(getattr(args, k) is not None for k in SIZES)
+        parts.append(f"the cell space C={sizes['C']}, layers {sizes['layers']}, stem multiplier "
+                     f"{sizes['stem_multiplier']}" + ("" if given else " (the defaults where no option is given)"))
+        options.append("--C, --layers, --stem-multiplier")
+    elif base is None:
+        parts.append("the genotype's own chain space (its widths, stride 1)")
+    if data is None and args.data is None:
+        parts.append(f"the {DEFAULTS['data']!r} data")
+        options.append("--data")
+    why = "a bare genotype without the space it was searched in" if base is None else "no data recorded"
+    how = f"; choose with {' and '.join(options)}" if options else ""
+    return f"assumed   {' on '.join(parts)}: {args.source} holds {why}{how}"
+
+
+def _fit(genotype: Genotype_CNN | ChainGenotype, base: Space | None, sizes: dict[str, int], ds: Dataset,
+         source: Path, searched_on: str | None) -> tuple[Space, Cost]:
+    """The network's space on ``ds`` and the genotype's exact cost in it.
+
+    Raises:
+        ValueError: the genotype cannot be built on ``ds`` (e.g. kx1 ops on images, a chain whose
+            identity first block needs another channel count), naming the space it was searched in.
+    """
+    try:
+        if isinstance(genotype, ChainGenotype):
+            space = chain_space_for(genotype, in_channels=ds.in_channels, num_classes=ds.num_classes,
+                                    input_shape=tuple(ds.input_shape), base=base)
+        else:
+            space = _space(genotype, sizes, ds, base)
+        return space, genotype_cost(genotype, space)  # also checks that the genotype fits the data's kind
+    except ValueError as err:
+        searched = (f"searched in a {space_type(base)} space for {_shapes_text(_shapes(base))}" if base is not None
+                    else "a bare genotype")
+        data = f"--data {searched_on}" if searched_on else "--data"
+        raise ValueError(f"{str(source)!r} ({searched}) does not fit {ds.name} ({_shapes_text(_shapes(ds))}): {err}; "
+                         f"train it on the data it was searched on ({data}), or search this data's space") from err
 
 
 def _check_no_sizes(args: argparse.Namespace) -> None:
@@ -126,17 +188,19 @@ def _check_no_sizes(args: argparse.Namespace) -> None:
                          "every width); drop them")
 
 
-def _settings(args: argparse.Namespace, run: runs.Run | None, chain: bool) -> _Settings:
-    """Each setting from the command line, else the run (its space for the sizes), else DEFAULTS."""
+def _settings(args: argparse.Namespace, run: runs.Run | None, chain: bool, base: Space | None,
+              data: dict | None) -> _Settings:
+    """Each setting from the command line, else the run (its space for the sizes; a genotype file's
+    space and data), else DEFAULTS."""
     saved = run.config.get("cli", {}) if run else {}
 
     def pick(name: str, key: str | None = None):
         value = getattr(args, name)
         if value is not None:
             return value
+        if name in SIZES and base is not None:
+            return getattr(base, name)
         if run is not None:
-            if name in SIZES:
-                return getattr(run.space, name)
             value = saved.get(key or name)
             if value:
                 return value
@@ -147,7 +211,7 @@ def _settings(args: argparse.Namespace, run: runs.Run | None, chain: bool) -> _S
         batch_size=int(pick("batch_size")),
         seed=int(pick("seed")),
         sizes={} if chain else {k: pick(k) for k in SIZES},
-        data=args.data or (run.data if run else DEFAULTS["data"]),
+        data=args.data or (run.data if run else (data or {}).get("spec") or DEFAULTS["data"]),
     )
 
 
@@ -175,10 +239,11 @@ def _destination(args: argparse.Namespace, run: runs.Run | None, sizes: dict[str
 
 
 def _space(genotype: Genotype_CNN, sizes: dict[str, int], ds: Dataset, base: SpaceConfig | None) -> SpaceConfig:
-    """The network's space: the given sizes, the data's shapes, the genotype's nodes; primitives and
-    input BatchNorm from the run (``base``), else the genotype's ops and BatchNorm on."""
+    """The network's space: the given sizes, the data's shapes, the genotype's nodes; primitives, input
+    BatchNorm and skeleton from the space it was searched in (``base``: the run's or the genotype
+    file's), else the genotype's ops and BatchNorm on."""
     ops = tuple(dict.fromkeys(op for op, _ in list(genotype.normal) + list(genotype.reduce)))
-    # the run's cell skeleton beyond the sizes (fields of newer SpaceConfigs, absent in older ones)
+    # the searched cell skeleton beyond the sizes (fields of newer SpaceConfigs, absent in older ones)
     skeleton = {k: getattr(base, k) for k in ("reductions", "preprocess") if base is not None and hasattr(base, k)}
     return SpaceConfig(
         C=sizes["C"], num_classes=ds.num_classes, layers=sizes["layers"], in_channels=ds.in_channels,
@@ -200,4 +265,4 @@ def _new_run_folder(out: Path, args: argparse.Namespace, settings: _Settings, sp
         "command": "train", "source": str(args.source.resolve()), "cli": cli_args,
         "space": space_to_dict(space), "train": dataclasses.asdict(train), "dataset": ds.summary(),
     })
-    runs.write_genotype(out, genotype, space)
+    runs.write_genotype(out, genotype, space, runs.data_record(ds, absolute_data_spec(settings.data)))

@@ -85,6 +85,7 @@ def save_checkpoint(
     valid_pos: LoaderPosition,
     gen: torch.Generator,
     log: dict[str, Any],
+    elapsed_seconds: float = 0.0,
 ) -> None:
     """Write a checkpoint atomically (a crash mid-write leaves the previous one intact).
 
@@ -99,6 +100,8 @@ def save_checkpoint(
         train_pos, valid_pos: the loaders' positions.
         gen: the search's generator (it builds the final model).
         log: ``history``, ``alpha_history``, and the running ``sums`` / ``counts`` of the epoch's metrics.
+        elapsed_seconds: the search's wall time so far, the runs it resumed from included (a resume
+            adds its own time to it; checkpoints without it read as 0).
     """
     insane = insane_leaves(state)
     if insane:
@@ -113,6 +116,7 @@ def save_checkpoint(
         "train_pos": train_pos.save(),
         "valid_pos": valid_pos.save(),
         "gen": gen.get_state(),
+        "elapsed_seconds": float(elapsed_seconds),
         **log,
     })
 

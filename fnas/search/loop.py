@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import warnings
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -39,6 +40,8 @@ class SearchResult(NamedTuple):
     state: SearchState
     model: torch.nn.Module  # a freshly initialised NetworkCnn of the genotype
     budget_misses: list  # empty when the genotype meets every budget, else how it misses
+    seconds: float = 0.0  # wall time of this run_search call
+    resumed_seconds: float = 0.0  # wall time of the searches it resumed from (their checkpoint's); total: the sum
 
 
 def run_search(
@@ -105,7 +108,8 @@ def run_search(
             batches).
 
     Returns:
-        A :class:`SearchResult`.
+        A :class:`SearchResult`; its ``seconds`` plus ``resumed_seconds`` is the search's wall time
+        over every run that contributed (each checkpoint stores the total so far).
 
     Raises:
         ValueError: bad arguments, data that does not fit the space, an unreachable budget (all
@@ -138,7 +142,8 @@ def run_search(
             stacklevel=2,
         )
     model = _network(genotype, cfg, gen)
-    return SearchResult(genotype, run.log.alpha_history, run.log.history, run.state, model, over_budget(genotype, cfg))
+    return SearchResult(genotype, run.log.alpha_history, run.log.history, run.state, model, over_budget(genotype, cfg),
+                        seconds=time.perf_counter() - run.t0, resumed_seconds=run.resumed_seconds)
 
 
 # --- checks before any training ------------------------------------------------------------------
@@ -264,6 +269,8 @@ class _Run:
         self.lead = sync is None or sync.rank == 0  # writes checkpoints, shows progress, calls on_epoch
         self.log = _Log()
         self.state: SearchState | None = None
+        # the checkpoint carries the search's accumulated wall time, so a resumed run reports its whole cost
+        self.t0, self.resumed_seconds = time.perf_counter(), 0.0
 
     def start(self, state: SearchState | None, resume) -> tuple[int, dict | None]:
         """Set the first state (resumed, given or fresh); returns ``(first epoch, checkpoint or None)``."""
@@ -276,6 +283,7 @@ class _Run:
             start_epoch = saved["epoch"]
             self.log = _Log(saved["history"], saved["alpha_history"], saved["sums"], saved["counts"])
             self.valid_pos.restore(saved["valid_pos"])
+            self.resumed_seconds = float(saved.get("elapsed_seconds", 0.0))  # 0 in checkpoints written before it
         elif state is None:
             state = init_search(self.cfg, self.gen)
         state = tree.map(lambda t: t.to(self.device), state)
@@ -291,7 +299,7 @@ class _Run:
             return
         save_checkpoint(self.checkpoint, self.state, cfg_record=self.cfg_record, epoch=epoch, batch=batch,
                         train_pos=self.train_pos, valid_pos=self.valid_pos, gen=self.gen,
-                        log=self.log.as_dict())
+                        log=self.log.as_dict(), elapsed_seconds=self.resumed_seconds + time.perf_counter() - self.t0)
 
     def epoch(self, epoch: int, epochs: int, steps: _Steps, *, resume_at, progress, checkpoint_every, on_epoch):
         """One pass over the training loader (the rest of it when ``resume_at`` stopped mid-epoch)."""

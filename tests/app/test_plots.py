@@ -193,3 +193,56 @@ def test_write_plots_draws_chain_plots_for_a_chain(tmp_path):
     written = plots.write_plots(tmp_path, genotype=genotype, alpha_history=chain_history(2), records=records(2, 1),
                                 chain=CHAIN, selection="alphas")
     assert [p.name for p in written] == ["curves.png", "alphas_chain.png", "chain.png"]
+
+
+# --- what was kept, and why (issue 16) --------------------------------------------------------------
+
+
+def legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def panel_texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_alphas_mark_the_kept_op_and_the_largest_alpha_where_they_differ():
+    # one node, one edge (in -> n1): conv_bn_relu_3x1 has the largest alpha, the genotype keeps max_pool_3x1
+    prims = ["none", "max_pool_3x1", "conv_bn_relu_3x1"]
+    hist = [{k: torch.tensor([[0.1, 0.2, 0.7]]) for k in ("normal", "reduce")}]
+    genotype = Genotype_CNN([("max_pool_3x1", 0)], range(1, 2), [("conv_bn_relu_3x1", 0)], range(1, 2))
+    fig = plots.plot_alphas(hist, prims, kind="normal", genotype=genotype, selection="perturbation")
+    assert "kept (perturbation)" in legend_labels(fig) and "largest alpha (last epoch)" in legend_labels(fig)
+    assert "largest alpha: conv_bn_relu_3x1" in panel_texts(fig)
+    assert "selected by perturbation" in fig._suptitle.get_text()
+    assert "not by the largest alpha" in fig._suptitle.get_text()
+    (panel,) = visible_axes(fig)
+    assert len(panel.lines) == len(prims)  # the marks are points, not more lines
+    marks = [c.get_offsets()[0].tolist() for c in panel.collections if len(c.get_offsets()) == 1]
+    assert marks == [pytest.approx([1, 0.2]), pytest.approx([1, 0.7])]  # ring on the kept op, star on the largest
+    # where the genotype keeps the largest alpha, nothing extra is named
+    fig = plots.plot_alphas(hist, prims, kind="reduce", genotype=genotype, selection="alphas")
+    assert not any(t.startswith("largest alpha") for t in panel_texts(fig))
+    assert "kept (alphas)" in legend_labels(fig) and "selected by the alphas" in fig._suptitle.get_text()
+
+
+def test_chain_alphas_mark_the_kept_op_and_the_largest_alpha_where_they_differ():
+    hist = chain_history(2)
+    genotype = CHAIN.derive({k: torch.log(v) for k, v in hist[-1].items()})
+    # block 0 keeps the weakest op of the last epoch instead
+    weakest = CHAIN.candidates[0][int(torch.argmin(hist[-1]["b0_op"]))]
+    genotype = genotype._replace(blocks=((weakest, genotype.blocks[0][1]), *genotype.blocks[1:]))
+    fig = plot_chain_alphas(hist, CHAIN, genotype=genotype, top=2, selection="perturbation")
+    assert legend_labels(fig)[-2:] == ["kept (perturbation)", "largest alpha (last epoch)"]
+    strongest = CHAIN.candidates[0][int(torch.argmax(hist[-1]["b0_op"]))]
+    assert panel_texts(fig) == [f"largest alpha: {op_label(strongest)}"]  # block 0 only
+    first = visible_axes(fig)[0]
+    assert op_label(weakest) in [t.get_text() for t in first.get_legend().get_texts()]  # drawn though not in the top 2
+
+
+def test_write_plots_titles_the_cells_with_the_selection(tmp_path, monkeypatch):
+    titles = []
+    real = plots.plot_cells
+    monkeypatch.setattr(plots, "plot_cells", lambda g, **kw: titles.append(kw.get("title")) or real(g, **kw))
+    plots.write_plots(tmp_path, genotype=MY_CUSTOM_GENOTYPE, primitives=PRIMS, selection="perturbation")
+    assert "selected by perturbation" in titles[0]

@@ -1,5 +1,5 @@
-"""Run folders (``fnas.app.runs``): the files round-trip, a torn metrics line is skipped, a folder
-that is not a run says what is missing."""
+"""Run folders (``fnas.app.runs``): the files round-trip (genotype files with their space and data), a torn
+metrics line is skipped, a folder that is not a run says what is missing."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from fnas.app import runs
+from fnas.app.spaces import space_to_dict
 from fnas.app.train import build_network
 from fnas.spaces.cell.config import SpaceConfig
-from fnas.spaces.cell.genotype import Genotype_CNN
+from fnas.spaces.cell.genotype import Genotype_CNN, save_genotype
+from fnas.spaces.chain import ChainSpaceConfig
 
 GENOTYPE = Genotype_CNN(normal=[("conv_bn_relu_3x1", 0), ("skip_connect", 1)], normal_concat=range(1, 3),
                         reduce=[("max_pool_3x1", 0), ("conv_bn_relu_3x1", 1)], reduce_concat=range(1, 3))
@@ -68,3 +70,39 @@ def test_a_folder_that_is_not_a_run(tmp_path, files, match):
 def test_untrained_run_has_no_model(run_folder):
     with pytest.raises(ValueError, match="has no trained model"):
         runs.load_model(runs.open_run(run_folder))
+
+
+# --- genotype files carry their space and data (issue 16) ---------------------------------------------
+
+DATA = {"spec": "/data/x.npz", "name": "npz:x", "in_channels": 2, "input_shape": [16, 1], "num_classes": 3}
+
+
+@pytest.mark.parametrize("kind", ["cell", "chain"])
+def test_genotype_files_round_trip_with_their_space_and_data(tmp_path, kind):
+    if kind == "cell":
+        space, genotype = SPACE, GENOTYPE
+    else:
+        space = ChainSpaceConfig(in_channels=2, num_classes=3, input_shape=(16, 1), widths=(8, 8, 16))
+        genotype = space.fcn_genotype(8)
+    runs.write_genotype(tmp_path, genotype, space, DATA)
+    saved = json.loads((tmp_path / runs.GENOTYPE).read_text())
+    assert saved["space"] == kind and saved["data"] == DATA
+    assert saved["space_config"] == json.loads(json.dumps(space_to_dict(space)))  # as config.json stores it
+    assert runs.read_genotype_file(tmp_path / runs.GENOTYPE) == (genotype, space, DATA)
+
+
+def test_a_bare_genotype_file_has_no_space_or_data(tmp_path):
+    save_genotype(GENOTYPE, tmp_path / "g.json")  # the seed's format
+    assert runs.read_genotype_file(tmp_path / "g.json") == (GENOTYPE, None, None)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"data": "watch"}, "'data' must be an object with the dataset's 'spec'"),
+    ({"space_config": {"type": "chain"}}, "'space_config' is a chain space, but the genotype is a cell genotype"),
+], ids=["data_not_an_object", "chain_space_for_cells"])
+def test_a_broken_genotype_file_says_what_is_wrong(tmp_path, change, match):
+    runs.write_genotype(tmp_path, GENOTYPE, SPACE, DATA)
+    path = tmp_path / runs.GENOTYPE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ValueError, match=match):
+        runs.read_genotype_file(path)

@@ -127,6 +127,7 @@ def test_show_prints_genotype_exact_cost_accuracy_and_plots(run):
     assert f"{cost.params:,} parameters" in out and f"{cost.macs:,} MACs" in out
     assert f"{cost.peak_sram_bytes_int8:,} B int8" in out and f"{cost.peak_sram_bytes_f32:,} B float32" in out
     assert f"{summary['test_acc']:.4f} on the held-out test split" in out
+    assert f"1 epochs in {summary['search_seconds']:.0f} s;" in out  # the search's time (all of it, see resume)
     assert summary["params"] == cost.params
     for op, _ in genotype.normal:
         assert op in out
@@ -171,8 +172,42 @@ def test_train_a_bare_genotype_on_explicit_splits(tmp_path):
                              "--C", "4", "--layers", "3", "--stem-multiplier", "1", "--batch-size", "8", "--quiet")
     assert code == 0, err
     assert "12 samples" in stdout  # the given test split, not an automatic one
+    # a bare genotype carries no space: one line says which one it is trained in, and how to choose another
+    assumed = [line for line in stdout.splitlines() if line.startswith("assumed")]
+    assert assumed == [f"assumed   the cell space C=4, layers 3, stem multiplier 1: {tmp_path / 'g.json'} holds a bare "
+                       "genotype without the space it was searched in; choose with --C, --layers, --stem-multiplier"]
     assert load_genotype(out / "genotype.json") == genotype
     assert (out / "model.pt").is_file() and (out / "plots" / "cells.png").is_file()
+
+
+def test_train_a_searched_genotype_file_rebuilds_its_space_on_its_data(run, npz, tmp_path):
+    """Issue 16: ``fnas train genotype.json`` trained the default space (C=8) on the watch data."""
+    saved = json.loads((run / "genotype.json").read_text())
+    assert saved["space"] == "cell" and saved["space_config"] == json.loads((run / "config.json").read_text())[
+        "search"]["space"]
+    assert saved["data"] == {"spec": str(npz.resolve()), "name": "npz:mydata", "in_channels": 2, "input_shape": [16, 1],
+                             "num_classes": 3}
+    assert load_genotype(run / "genotype.json") == open_run(run).genotype  # the seed's reader still reads it
+    out = tmp_path / "again"
+    code, stdout, err = fnas("train", run / "genotype.json", "--out", out, "--epochs", "1", "--quiet")
+    assert code == 0, err
+    assert "assumed" not in stdout and "npz:mydata" in stdout
+    assert open_run(out).space == open_run(run).space
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["params"] == json.loads((run / "summary.json").read_text())["params"]
+    assert json.loads((out / "genotype.json").read_text())["data"] == saved["data"]  # and it passes both on
+    code, usage, _ = fnas("train", "--help")
+    assert code == 0 and "carries the space it was searched in" in usage and "says what it assumed" in usage
+
+
+def test_train_a_genotype_file_on_data_it_does_not_fit(run, npz, tmp_path):
+    images = tmp_path / "images.npz"
+    np.savez(images, X=np.random.default_rng(0).standard_normal((60, 1, 8, 8)).astype(np.float32), y=np.arange(60) % 3)
+    code, _, err = fnas("train", run / "genotype.json", "--data", images, "--out", tmp_path / "out")
+    assert code == 2
+    assert "searched in a cell space for 2 channels, input (16, 1), 3 classes) does not fit npz:images" in err
+    assert f"--data {npz.resolve()}" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_replays_a_search(run, tmp_path):
@@ -336,10 +371,21 @@ def test_search_killed_then_resumed_equals_an_uninterrupted_run(npz, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "genotype.json").exists()
+    first = load_checkpoint(killed / "checkpoint.pt")["elapsed_seconds"]  # the killed process's search time
 
     code, out, err = fnas("search", "--resume", killed, "--quiet")
     assert code == 0, err
     assert "resuming" in out
+    # the reported search time is both processes': the killed one's (from its checkpoint) and the resumed one's
+    summary = json.loads((killed / "summary.json").read_text())
+    total = load_checkpoint(killed / "checkpoint.pt")["elapsed_seconds"]  # both, up to the last epoch's end
+    assert total > first > 0 and summary["resumed_seconds"] == round(first, 1)
+    assert summary["search_seconds"] >= round(total, 1) and summary["total_seconds"] >= summary["search_seconds"]
+    assert f"{first:.0f} s of them before the resume" in out
+    assert "resumed_seconds" not in json.loads((whole / "summary.json").read_text())
+    code, shown, _ = fnas("show", killed)
+    before = f"{summary['resumed_seconds']:.0f} s of them before a resume"
+    assert code == 0 and f"in {summary['search_seconds']:.0f} s ({before})" in shown
     a, b = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(killed / "checkpoint.pt")
     assert tree.all_equal(a["state"]["alphas"], b["state"]["alphas"])
     assert tree.all_equal(a["state"]["weights"], b["state"]["weights"])

@@ -1,4 +1,5 @@
-"""Checkpoints and resume: a search killed with SIGKILL and resumed ends bitwise equal to an uninterrupted one."""
+"""Checkpoints and resume: a search killed with SIGKILL and resumed ends bitwise equal to an uninterrupted one,
+and its wall time adds up over both processes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -93,13 +95,21 @@ def test_sigkill_then_resume_is_bitwise_equal(script, uninterrupted, tmp_path, k
     path, module = script
     ckpt = tmp_path / "checkpoint.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path), str(ckpt), str(kill_at)], env=env, capture_output=True,
                           text=True, timeout=600)
+    first_wall = time.perf_counter() - t0
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     saved = load_checkpoint(ckpt)
     assert int(saved["state"]["step"]) == kill_at  # the last finished step was checkpointed
+    first = saved["elapsed_seconds"]  # the killed search's time up to its last checkpoint
+    assert 0 < first < first_wall
 
-    resumed = module.search(resume=ckpt)
+    resumed = module.search(checkpoint=ckpt, resume=ckpt)
+    # the time adds up over the two processes: the checkpoint carries it, the result reports both parts
+    assert resumed.resumed_seconds == first and resumed.seconds > 0
+    final = load_checkpoint(ckpt)["elapsed_seconds"]
+    assert final > first and resumed.seconds + resumed.resumed_seconds >= final
     assert tree.all_equal(resumed.state.alphas, uninterrupted.state.alphas)
     assert tree.all_equal(resumed.state.weights, uninterrupted.state.weights)
     assert tree.all_equal(resumed.state.stats, uninterrupted.state.stats)

@@ -233,12 +233,11 @@ def _add_search(sub) -> None:
                    help="how the genotype is read off the supernet: per node (block) the op whose removal raises "
                    "the validation loss most (perturbation, Wang et al. 2021), or the largest alpha (DARTS) "
                    f"(default: the space's: {d['chain_selection']!r} on chains, {d['selection']!r} on cells)")
-    s.add_argument("--compile", action="store_true",
-                   help="run the whole search step under torch.compile (inductor): about 2x faster steps on "
-                   "CPU for the default network (2.9x for --hypergrad exact, equal to eager within float32's own "
-                   "spread: see README), after a first compile of about 12 minutes (32 for exact) that later "
-                   "runs load from inductor's cache in 1-2 minutes (bench/COMPILED.md); pays off for long "
-                   "searches and repeated runs; not under torchrun")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the search step under torch.compile (inductor): 1.4-2.9x faster steps on CPU, after "
+                   "a first compile of 12-46 minutes that later runs load from the cache (~/.cache/fnas/"
+                   "torch-compile) in 1-3 minutes (bench/COMPILED.md). Default: on when the search is long "
+                   "enough to pay the compile back (timed on one eager step; the log says why); not under torchrun")
     s.add_argument("--max-params", type=POSITIVE,
                    help="parameter budget (turns on the 'Memory' penalty). With a budget and no size option "
                    "(--widths on chains, --C / --layers on cells) the space is sized so that the budget binds. "

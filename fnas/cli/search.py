@@ -6,6 +6,7 @@ Under torchrun the search runs data-parallel; rank 0 alone writes the run folder
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +39,14 @@ from fnas.cli.parser import AUTO, given_options
 from fnas.cli.space import build_space, check_space_options
 from fnas.cost import Cost, check_budget, genotype_cost
 from fnas.data import Dataset, load_dataset, make_loader
+from fnas.search.compile import (
+    CompileDecision,
+    choose_compile,
+    compile_cache_dir,
+    mark_warm,
+    step_cache_key,
+    use_compile_cache,
+)
 from fnas.search.config import SearchConfig
 from fnas.search.defaults import DEFAULTS, selection_for
 from fnas.search.loop import SearchResult, run_search
@@ -97,6 +106,8 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
             "default); pass --penalty-weight, or a budget (--max-params ...), which the genotype then meets")
     selection = args.selection or selection_for(space)
     train_cfg = TrainConfig(epochs=args.train_epochs, lr=args.train_lr) if args.train_epochs else None
+    compiled, cache_key = _compile_choice(args, cfg, ds, schedule, device=device, world=world)
+    log(f"compile   {compiled.reason}")
 
     if world > 1:  # after every check: a bad option fails on every rank before any of them waits
         device = init_distributed(device)
@@ -106,7 +117,7 @@ def cmd_search(args: argparse.Namespace, argv: list[str]) -> int:
         log(f"data parallel: {world} processes ({'NCCL' if device.type == 'cuda' else 'gloo'}), "
             f"{args.batch_size // world} of each batch of {args.batch_size} per process")
     result = _search(args, cfg, schedule, selection, train_loader, valid_loader, out, device=device, world=world,
-                     log=log)
+                     log=log, compiled=compiled, cache_key=cache_key)
     if not lead:
         return 0  # every rank found the same genotype; rank 0 writes it and trains the network alone
 
@@ -275,12 +286,26 @@ def _run_folder(args: argparse.Namespace, cfg: SearchConfig, train_cfg: TrainCon
     return out
 
 
+def _compile_choice(args: argparse.Namespace, cfg: SearchConfig, ds: Dataset, schedule: Schedule, *,
+                    device: torch.device, world: int) -> tuple[CompileDecision, str]:
+    """``--compile`` / ``--no-compile``, or whether compiling pays off for the steps after the warm-up;
+    and the compiled step's name in the compile cache."""
+    n = args.batch_size
+    train, valid = (ds.train.x[:n], ds.train.y[:n]), (ds.valid.x[:n], ds.valid.y[:n])
+    decision = choose_compile(args.compile, cfg, train, valid, steps=schedule.steps - cfg.warmup_steps, device=device,
+                              world=world)
+    return decision, step_cache_key(cfg, train, valid)
+
+
 def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, selection: str,
             train_loader: DataLoader, valid_loader: DataLoader, out: Path, *, device: torch.device, world: int,
-            log: Log) -> SearchResult:
+            log: Log, compiled: CompileDecision, cache_key: str) -> SearchResult:
     """Run the search, checkpointing into ``out``; under torchrun, leave the process group after it."""
+    cache = compile_cache_dir()
 
     def on_epoch(epoch: int, state: Any, record: dict) -> None:
+        if compiled.compile and epoch >= schedule.warmup_epochs:  # the compiled step has run: the cache is warm
+            mark_warm(cache, cache_key)
         rec = dict(record)  # its genotype is already the space's JSON dict
         runs.append_metrics(out, "search", rec)
         if args.quiet:
@@ -292,7 +317,8 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, sel
 
     checkpoint = out / runs.CHECKPOINT
     try:
-        with warnings.catch_warnings():
+        # a compiled step goes to the user's compile cache: a later run (or --resume) of it starts warm
+        with warnings.catch_warnings(), use_compile_cache(cache) if compiled.compile else contextlib.nullcontext():
             warnings.simplefilter("ignore")  # budget misses are reported at the end, not as a warning
             # under torchrun: data parallel over the process group; only rank 0 writes and calls on_epoch
             return run_search(cfg, train_loader, valid_loader, epochs=schedule.epochs,
@@ -300,7 +326,7 @@ def _search(args: argparse.Namespace, cfg: SearchConfig, schedule: Schedule, sel
                               progress=not args.quiet, on_epoch=on_epoch, checkpoint=checkpoint,
                               checkpoint_every=args.checkpoint_every,
                               resume=checkpoint if args.resume is not None and checkpoint.is_file() else None,
-                              selection=selection, compile=args.compile)
+                              selection=selection, compile=compiled.compile)
     finally:
         if world > 1:
             close_distributed()

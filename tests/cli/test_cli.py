@@ -109,6 +109,7 @@ def test_search_compile_runs_the_compiled_step(npz, tmp_path, monkeypatch):
         return original(cfg, backend="aot_eager", **kw)
 
     monkeypatch.setattr(search_module, "compile_search_step", spy)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the compile cache, not the user's
     torch._dynamo.reset()
     folder = tmp_path / "run"
     code, _, err = fnas("search", "--data", npz, "--out", folder, "--train-epochs", "0", "--compile", *TINY)

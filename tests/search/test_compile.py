@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -11,6 +12,18 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from fnas.core import tree
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
+from fnas.search.compile import (
+    CompileEstimate,
+    choose_compile,
+    compile_cache_dir,
+    decide_compile,
+    estimate_compile,
+    is_warm,
+    mark_warm,
+    step_cache_key,
+    use_compile_cache,
+)
+from fnas.spaces.chain import ChainSpaceConfig
 from fnas.search import (
     compile_search_step,
     init_search,
@@ -176,3 +189,84 @@ def test_vmap_over_searches_equals_separate_runs(shared_data):
     assert metrics["train_loss"].shape == (3,)
     # the searches really differ (different seeds)
     assert not torch.equal(unstack_state(stacked, 0).alphas["normal"], unstack_state(stacked, 1).alphas["normal"])
+
+
+# --- whether compiling pays off ---------------------------------------------------------------------
+
+CHAIN = ChainSpaceConfig(in_channels=2, num_classes=3, input_shape=(16, 1), widths=(8, 8), kernels=(3, 5),
+                         dilations=(1,))
+EST = CompileEstimate(eager_step_s=0.5, cold_compile_s=600.0, warm_start_s=60.0, speedup=2.0)
+
+
+def test_decide_compile_weighs_the_steps_saving_against_the_compile():
+    # saving = steps * 0.5 s * (1 - 1/2) = steps / 4
+    long = decide_compile(steps=4000, estimate=EST, warm=False)  # saves 1000 s > 600 s
+    short = decide_compile(steps=2000, estimate=EST, warm=False)  # saves 500 s < 600 s
+    assert long.compile and long.reason.startswith("on: 4000 steps") and "first compile" in long.reason
+    assert not short.compile and short.reason.startswith("off: 2000 steps") and "less than the ~10 min" in short.reason
+    warm = decide_compile(steps=2000, estimate=EST, warm=True)  # 500 s > the 60 s warm start
+    assert warm.compile and "warm start" in warm.reason
+    assert not decide_compile(steps=100, estimate=EST, warm=True).compile  # 25 s < 60 s: even warm, too short
+    assert not decide_compile(steps=0, estimate=EST, warm=False).compile
+
+
+@pytest.mark.parametrize("space", [TINY, CHAIN], ids=["cell", "chain"])
+def test_estimate_compile_counts_the_step_and_models_both_methods(space):
+    train, valid = _batches()
+    fo = estimate_compile(SearchConfig(space=space, hypergrad="first_order"), train, valid)
+    exact = estimate_compile(SearchConfig(space=space, hypergrad="exact"), train, valid)
+    assert fo.eager_step_s > 0 and fo.cold_compile_s > fo.warm_start_s > 0
+    assert exact.cold_compile_s > fo.cold_compile_s  # the nested grad traces more ops
+    assert exact.speedup > fo.speedup > 1
+
+
+@pytest.mark.parametrize("space", [TINY, CHAIN], ids=["cell", "chain"])
+def test_choose_compile_flags_torchrun_device_and_the_auto_choice(space, tmp_path):
+    cfg = SearchConfig(space=space)
+    train, valid = _batches()
+    cpu = torch.device("cpu")
+    assert choose_compile(True, cfg, train, valid, steps=1, device=cpu) == (True, "on (--compile)")
+    assert choose_compile(False, cfg, train, valid, steps=10**9, device=cpu) == (False, "off (--no-compile)")
+    assert not choose_compile(None, cfg, train, valid, steps=10**9, device=cpu, world=2).compile
+    other = choose_compile(None, cfg, train, valid, steps=10**9, device=torch.device("cuda"), cache_dir=tmp_path)
+    assert not other.compile and "--compile" in other.reason
+    long = choose_compile(None, cfg, train, valid, steps=10**9, device=cpu, cache_dir=tmp_path)
+    short = choose_compile(None, cfg, train, valid, steps=1, device=cpu, cache_dir=tmp_path)
+    assert long.compile and "first compile" in long.reason
+    assert not short.compile and short.reason.startswith("off: 1 steps")
+
+
+def test_a_step_compiled_before_is_found_warm_and_only_that_step(tmp_path):
+    cfg = SearchConfig(space=TINY)
+    train, valid = _batches()
+    key = step_cache_key(cfg, train, valid)
+    assert key == step_cache_key(cfg, *_batches(1))  # values do not matter, shapes and config do
+    other_cfg = step_cache_key(SearchConfig(space=TINY, lr=0.01), train, valid)
+    other_shape = step_cache_key(cfg, (train[0][:4], train[1][:4]), valid)
+    assert len({key, other_cfg, other_shape}) == 3
+    assert not is_warm(tmp_path, key)
+    mark_warm(tmp_path, key)
+    assert is_warm(tmp_path, key) and not is_warm(tmp_path, other_cfg)
+    # a search so short that only a warm start pays off turns on once the step is in the cache
+    cpu = torch.device("cpu")
+    steps = 0
+    while not choose_compile(None, cfg, train, valid, steps=steps, device=cpu, cache_dir=tmp_path).compile:
+        steps = 2 * steps + 1000
+    decision = choose_compile(None, cfg, train, valid, steps=steps, device=cpu, cache_dir=tmp_path)
+    assert "warm start" in decision.reason
+    assert not choose_compile(None, cfg, train, valid, steps=steps, device=cpu, cache_dir=tmp_path / "empty").compile
+
+
+def test_compile_cache_dir_and_use_compile_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir() == tmp_path / "xdg" / "fnas" / "torch-compile"
+    with use_compile_cache(tmp_path / "c"):
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "c").resolve())
+        assert compile_cache_dir() == (tmp_path / "c").resolve()
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's own setting wins
+    assert compile_cache_dir() == tmp_path / "mine"
+    with use_compile_cache(tmp_path / "c"):
+        pass
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

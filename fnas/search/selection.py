@@ -90,7 +90,7 @@ class Perturbation:
     settings sized to 20k parameters) it measured 17 of 120 masks and picked the exhaustive
     genotype (the estimate's correlation with the exact scores was 0.5, and each node's exact best
     was its first or second); on tiny supernets searched for 4 epochs the estimate ranked a node's
-    exact best as low as 5th of 6 and the pick differed in 4 of 7 (bench/SELECTION.md). A budget
+    exact best as low as 5th of 6 and the pick differed in 5 of 7 (bench/SELECTION.md). A budget
     that the pick misses is met with :func:`select_within_budget`: the knapsack over the exact
     scores and, for unmeasured candidates, their estimate plus the largest excess of an exact
     score over its estimate seen so far, measuring what it picks until its pick is all exact.

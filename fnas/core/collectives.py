@@ -270,6 +270,17 @@ class Sync:
         flat = (flat / self.world_size).to(device)
         return {k: flat[i] for i, k in enumerate(keys)}
 
+    def sum_over_ranks(self, x: Tensor) -> Tensor:
+        """``sum_q x_q`` over the ranks, on every rank, outside any differentiation (on ``x``'s device).
+
+        Used to share work split over the ranks: each rank fills its own entries and leaves zeros
+        elsewhere, so every rank receives every entry exactly (adding zeros rounds nothing).
+        """
+        device = x.device
+        buf = x.detach().to(self._comm_device(x)).clone(memory_format=torch.contiguous_format)
+        _dist().all_reduce(buf, op=_dist().ReduceOp.SUM, group=self.group)
+        return buf.to(device)
+
     def broadcast_tree(self, params: Any, src: int = 0) -> Any:
         """Copies of the leaves of ``params`` as held by rank ``src`` (DDP's start: every rank starts equal)."""
         dist = _dist()

@@ -23,7 +23,7 @@ from fnas.search.checkpoint import LoaderPosition, check_resumable, load_checkpo
 from fnas.search.compile import compile_search_step
 from fnas.search.config import SearchConfig
 from fnas.search.defaults import selection_for
-from fnas.search.selection import perturbation_scores, select_by_perturbation
+from fnas.search.selection import Perturbation, select_by_perturbation, select_within_budget
 from fnas.search.state import insane_leaves, SearchState, init_search, state_from_dict
 from fnas.search.step import search_step, weight_step
 
@@ -133,7 +133,7 @@ def run_search(
         run.epoch(epoch, epochs, steps, resume_at=resume_at if epoch == start_epoch else None,
                   progress=progress, checkpoint_every=checkpoint_every, on_epoch=on_epoch)
     genotype, first_misses = select_genotype(run.state, cfg, valid_loader, selection, selection_samples, device,
-                                             progress=progress and run.lead)
+                                             progress=progress and run.lead, sync=sync)
     if first_misses and selection == "alphas":
         # the hard guarantee: the strongest genotype (by the alphas) whose exact cost fits
         warnings.warn(
@@ -407,23 +407,43 @@ def selection_batches(valid_loader, n: int, device) -> list:
 
 
 def select_genotype(
-    state: SearchState, cfg: SearchConfig, valid_loader, selection: str, n: int, device, *, progress: bool = False
+    state: SearchState, cfg: SearchConfig, valid_loader, selection: str, n: int, device, *, progress: bool = False,
+    sync: Sync | None = None, screened: bool = False,
 ):
     """The final genotype and, when it had to be replaced to meet a budget, how the first pick missed.
+
+    Args:
+        state, cfg: the searched supernet and its config.
+        valid_loader, n: the perturbation scores are measured on its first ``n`` samples
+            (:func:`selection_batches`).
+        selection: ``"perturbation"`` or ``"alphas"``.
+        device: where the samples go.
+        progress: a bar over the supernet evaluations.
+        sync: data parallel: the masked evaluations are split over the ranks; every rank returns
+            the same genotype (the one a single process picks from the same state).
+        screened: measure only the candidates a first-order screen ranks strongest
+            (:meth:`fnas.search.selection.Perturbation.settle`: a fraction of the cost, but a
+            heuristic that can pick differently); False (default): every (edge, op).
 
     Returns:
         ``(genotype, misses)``; ``misses`` is empty when the first pick met every budget.
     """
-    if selection == "perturbation":
-        scores = perturbation_scores(state.weights, state.alphas, state.stats,
-                                     selection_batches(valid_loader, n, device), cfg=cfg, progress=progress)
-        first = select_by_perturbation(scores, cfg)
-    else:
-        scores, first = None, cfg.space.derive(state.alphas)
-    misses = cost.budget_misses(first, cfg)
-    if not misses:
-        return first, []
-    return cost.derive_within_budget(state.alphas, cfg, scores=scores), misses
+    if selection != "perturbation":
+        first = cfg.space.derive(state.alphas)
+        misses = cost.budget_misses(first, cfg)
+        return (first, []) if not misses else (cost.derive_within_budget(state.alphas, cfg), misses)
+    p = Perturbation(state.weights, state.alphas, state.stats, selection_batches(valid_loader, n, device), cfg=cfg,
+                     progress=progress, sync=sync)
+    try:
+        if screened:
+            p.settle()
+        else:
+            p.measure([c for group in p.groups for c in group])
+        first = select_by_perturbation(p.scores(), cfg)
+        misses = cost.budget_misses(first, cfg)
+        return (first, []) if not misses else (select_within_budget(p, state.alphas, cfg), misses)
+    finally:
+        p.close()
 
 
 def over_budget(genotype, cfg: SearchConfig) -> list[str]:

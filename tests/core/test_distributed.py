@@ -28,6 +28,9 @@ from fnas.core import layers as L
 from fnas.core import tree
 from fnas.spaces.cell.genotype import load_genotype
 from fnas.search import load_checkpoint, run_search, search_step, supernet_loss
+from fnas.search.loop import select_genotype, selection_batches
+from fnas.search.selection import Perturbation
+from fnas.search.state import init_search
 
 dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -104,6 +107,28 @@ def summary(result) -> dict:
             "history": [{k: v for k, v in r.items() if k != "genotype"} for r in result.history]}
 
 
+def selection_results(searched: dict, sync=None) -> dict:
+    """Perturbation scores (every op, and screened) and the genotype of a searched state; ``sync`` splits them."""
+    cfg = tiny_search(**CASES["first_order"])
+    state = state_of(searched)
+    batches = selection_batches(loaders()[1], 16, "cpu")
+    out = {}
+    for exhaustive in (True, False):
+        p = Perturbation(state.weights, state.alphas, state.stats, batches, cfg=cfg, sync=sync)
+        if exhaustive:
+            p.measure([c for group in p.groups for c in group])
+        else:
+            p.settle()
+        out[exhaustive] = {"scores": p.scores(), "evaluations": p.evaluations}
+    out["genotype"] = select_genotype(state, cfg, loaders()[1], "perturbation", 16, "cpu", sync=sync)[0]
+    return out
+
+
+def state_of(searched: dict):
+    return init_search(tiny_search(**CASES["first_order"]), make_gen(0))._replace(
+        weights=searched["weights"], alphas=searched["alphas"], stats=searched["stats"])
+
+
 def toy_data():
     """float64 (8, 3, 5, 1) channels_last inputs, per-sample weights and three parameter vectors."""
     g = make_gen(3)
@@ -157,6 +182,8 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
                                          sync=D.Sync())
         for case in CASES:
             results[case] = summary(search(case))  # data parallel by itself: a group of 2 ranks is initialised
+        results["selection"] = selection_results(results["first_order"], sync=D.Sync())
+        results["perturbation"] = summary(search("first_order", selection="perturbation", selection_samples=16))
         try:  # each rank is told its own checkpoint path: only rank 0's may appear
             search("first_order", stop_at=2, checkpoint=Path(out) / f"checkpoint{rank}.pt", checkpoint_every=1)
         except _Interrupted:
@@ -316,6 +343,24 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_ranks, references, 
     # the ranks hold the same state bit for bit
     for key in ("alphas", "weights", "stats"):
         assert tree.all_equal(two_ranks[0][case][key], two_ranks[1][case][key])
+
+
+def test_two_ranks_split_the_selection_and_get_one_process_scores_bit_for_bit(two_ranks):
+    # the same searched state in one process: every score equal, the masked evaluations split over the ranks
+    want = selection_results(two_ranks[0]["first_order"])
+    for exhaustive in (True, False):
+        for results in two_ranks:
+            assert "error" not in results, results.get("error")
+            got = results["selection"][exhaustive]
+            assert tree.all_equal(got["scores"], want[exhaustive]["scores"]), exhaustive
+        shares = [results["selection"][exhaustive]["evaluations"] for results in two_ranks]
+        # every masked evaluation on one rank only (the screen's two batches: one per rank, counted on each)
+        assert sum(shares) == want[exhaustive]["evaluations"] + (0 if exhaustive else 1)
+        assert max(shares) < want[exhaustive]["evaluations"]
+    assert two_ranks[0]["selection"]["genotype"] == two_ranks[1]["selection"]["genotype"] == want["genotype"]
+    # a data-parallel search with perturbation selection: one genotype on every rank, the state's pick
+    picked = [results["perturbation"]["genotype"] for results in two_ranks]
+    assert picked[0] == picked[1] == selection_results(two_ranks[0]["perturbation"])["genotype"]
 
 
 def test_two_ranks_sync_derivatives_of_every_order(two_ranks):

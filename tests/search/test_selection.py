@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import make_batch, make_gen, tiny_search
 from fnas.spaces.cell.genotype import validate_genotype
 from fnas.search.loop import init_search
-from fnas.search.selection import perturbation_scores, select_by_perturbation
+from fnas.search.selection import perturbation_scores, select_by_perturbation, select_within_budget
 from fnas.spaces.cell.supernet import apply_supernet
 
 
@@ -114,3 +114,69 @@ def test_run_search_rejects_an_unknown_selection():
     with pytest.raises(ValueError, match="selection must be one of"):
         run_search(tiny_search(), [make_batch(tiny_search().space)], [make_batch(tiny_search().space)], epochs=1,
                    gen=make_gen(0), selection="magnitude")
+
+
+def _searched(seed: int, **changes):
+    """A tiny supernet searched for a few epochs on learnable data (sines whose frequency is the class)."""
+    from fnas.search.loop import run_search
+
+    cfg = tiny_search(**changes)
+    g = make_gen(100 + seed)
+    y = torch.arange(48) % cfg.space.num_classes
+    t = torch.arange(cfg.space.input_shape[0])
+    phase = 6.3 * torch.rand(48, cfg.space.in_channels, 1, generator=g)
+    x = torch.sin(2 * torch.pi * (y[:, None, None] + 1) * t / 8 + phase) + 0.3 * torch.randn(48, 2, 8, generator=g)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[..., None], y), batch_size=8, shuffle=True,
+                                         generator=make_gen(seed))
+    result = run_search(cfg, loader, loader, epochs=4, gen=make_gen(seed), progress=False, selection="alphas")
+    return cfg, result.state, loader
+
+
+def test_screened_selection_measures_exactly_and_keeps_the_exhaustive_pick_when_it_measured_it():
+    from fnas import cost as K
+    from fnas.search.loop import select_genotype, selection_batches
+    from fnas.search.selection import Perturbation, select_by_perturbation
+
+    budget = (K.min_cost(tiny_search(), "params") + K.max_cost(tiny_search(), "params")) // 2
+    for seed, changes in [(0, {}), (1, {}), (3, {"max_params": budget})]:
+        cfg, state, loader = _searched(seed, **changes)
+        runs = {}
+        for exhaustive in (True, False):
+            p = Perturbation(state.weights, state.alphas, state.stats, selection_batches(loader, 32, "cpu"), cfg=cfg)
+            p.measure([c for group in p.groups for c in group]) if exhaustive else p.settle()
+            runs[exhaustive] = p
+        full, screened = runs[True], runs[False]
+        assert screened.evaluations < full.evaluations / 2  # incl. the screen
+        for c, v in screened.exact.items():  # what it measured, it measured exactly
+            assert v == full.exact[c]
+        want, got = (select_by_perturbation(p.scores(), cfg) for p in (full, screened))
+        best = set(screened.candidates_of(want))
+        # per node: the pick is the best measured; where the exhaustive best was measured, it is that one
+        assert (got == want) == best.issubset(screened.exact)
+        picked = select_genotype(state, cfg, loader, "perturbation", 32, "cpu", screened=True)[0]
+        assert K.budget_misses(picked, cfg) == []
+        if changes:  # the budget's knapsack measured every candidate it picked
+            p = Perturbation(state.weights, state.alphas, state.stats, selection_batches(loader, 32, "cpu"), cfg=cfg)
+            p.settle()
+            g = select_within_budget(p, state.alphas, cfg)
+            assert K.budget_misses(g, cfg) == [] and set(p.candidates_of(g)).issubset(p.exact)
+
+
+def test_screen_estimates_rank_the_masked_ops_and_the_bar_counts_every_evaluation():
+    from fnas.search.loop import selection_batches
+    from fnas.search.selection import Perturbation
+
+    cfg, state, loader = _searched(0)
+    batches = selection_batches(loader, 32, "cpu")
+    p = Perturbation(state.weights, state.alphas, state.stats, batches, cfg=cfg, progress=True)
+    p.measure([c for group in p.groups for c in group])
+    est = p.estimate()
+    exact = torch.tensor([p.exact[c] for c in est])
+    approx = torch.tensor([est[c] for c in est])
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.3  # a first-order estimate, not noise
+    assert p.bar.n == p.bar.total == p.evaluations == 1 + len(est) + 1  # base, every mask, the screen
+    p.close()
+    q = Perturbation(state.weights, state.alphas, state.stats, batches, cfg=cfg, progress=True)
+    q.settle()
+    assert q.bar.n == q.bar.total == q.evaluations < p.evaluations
+    q.close()

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from fnas.app.c_header import write_c_header
-from fnas.cost import greedy_arena_bytes
+from fnas.cost import TFLM_ALIGN, aligned, greedy_arena_bytes
 from fnas.data import MissingDependencyError
 from fnas.core.io import atomic_write_bytes
 
@@ -55,7 +55,6 @@ __all__ = [
 FLOAT_FILE, INT8_FILE, HEADER_FILE = "model.tflite", "model_int8.tflite", "model_data.h"
 TFLITE_FILES = (FLOAT_FILE, INT8_FILE, HEADER_FILE)
 HOST_ARENA_BYTES = 32 << 20  # the measuring interpreter's arena; the report says what is really used
-_ALIGN = 16  # TFLM's planner aligns every non-persistent buffer to 16 bytes
 _TYPE_BYTES = {"FLOAT32": 4, "INT32": 4, "INT8": 1, "UINT8": 1, "INT16": 2, "INT64": 8, "BOOL": 1, "FLOAT16": 2}
 
 
@@ -381,7 +380,7 @@ def live_tensor_peak_bytes(tflite_bytes: bytes) -> int:
     planned ("head") part of TFLM's arena; :func:`planned_arena_bytes` is the plan itself.
     """
     buffers, n_ops = _activation_buffers(tflite_bytes)
-    sizes = [(-(-b // _ALIGN) * _ALIGN, f, l) for b, f, l in buffers]
+    sizes = [(aligned(b), f, l) for b, f, l in buffers]
     return max((sum(s for s, f, l in sizes if f <= step <= l) for step in range(n_ops)), default=0)
 
 
@@ -487,10 +486,10 @@ def min_arena_bytes(tflite_bytes: bytes, *, start: int = 0) -> int:
         lo, hi = hi, 2 * hi
         if hi > HOST_ARENA_BYTES:
             raise RuntimeError(f"the model does not run in a {HOST_ARENA_BYTES}-byte arena")
-    while hi - lo > _ALIGN:
+    while hi - lo > TFLM_ALIGN:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if _runs_in(tflite_bytes, mid) else (mid, hi)
-    return -(-hi // _ALIGN) * _ALIGN
+    return aligned(hi)
 
 
 def _input_shape(tflite_bytes: bytes) -> list[int]:

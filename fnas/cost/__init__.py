@@ -10,7 +10,7 @@ References:
     Tan et al. MnasNet: Platform-Aware Neural Architecture Search for Mobile. CVPR 2019 (budgets).
 """
 
-from fnas.spaces.chain.cost import RUNTIMES, OpGraph, greedy_arena_bytes
+from fnas.spaces.chain.cost import RUNTIMES, TFLM_ALIGN, OpGraph, aligned, greedy_arena_bytes
 from fnas.cost.budget import budget_misses, check_budget, max_cost, min_cost
 from fnas.cost.counts import METRICS, Cost, Metric, OpCost, genotype_cost, primitive_cost
 from fnas.cost.expected import Estimator, expected_cost
@@ -31,6 +31,8 @@ __all__ = [
     "expected_cost",
     "genotype_cost",
     "greedy_arena_bytes",
+    "aligned",
+    "TFLM_ALIGN",
     "max_cost",
     "min_cost",
     "parse_mode",

@@ -48,6 +48,8 @@ __all__ = [
     "fixed_cost",
     "genotype_cost",
     "greedy_arena_bytes",
+    "aligned",
+    "TFLM_ALIGN",
     "head_cost",
     "input_states",
     "max_cost",
@@ -75,7 +77,8 @@ class Buffer(NamedTuple):
     last: int
 
 
-def _aligned(nbytes: int, align: int = TFLM_ALIGN) -> int:
+def aligned(nbytes: int, align: int = TFLM_ALIGN) -> int:
+    """``nbytes`` rounded up to a multiple of ``align`` (TFLM's planner's buffer alignment)."""
     return -(-nbytes // align) * align
 
 
@@ -88,7 +91,7 @@ def greedy_arena_bytes(buffers: Sequence[tuple[int, int, int]], *, align: int = 
     tensor index order). Greedy, so it can exceed the largest sum of
     buffers alive together (fragmentation); that sum is a lower bound.
     """
-    items = [(_aligned(b, align), f, l) for b, f, l in buffers if b > 0][::-1]
+    items = [(aligned(b, align), f, l) for b, f, l in buffers if b > 0][::-1]
     items.sort(key=lambda t: -t[0])  # stable
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last), kept sorted by offset
     top = 0
@@ -160,7 +163,7 @@ class OpGraph:
         """Per op ``(name, aligned bytes of every tensor alive at it)``."""
         bufs = self.buffers()
         return [
-            (op, sum(_aligned(b.elems * bytes_per_elem) for b in bufs if b.first <= i <= b.last))
+            (op, sum(aligned(b.elems * bytes_per_elem) for b in bufs if b.first <= i <= b.last))
             for i, (op, _, _) in enumerate(self._folded())
         ]
 

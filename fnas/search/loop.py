@@ -435,10 +435,7 @@ def select_genotype(
     p = Perturbation(state.weights, state.alphas, state.stats, selection_batches(valid_loader, n, device), cfg=cfg,
                      progress=progress, sync=sync)
     try:
-        if screened:
-            p.settle()
-        else:
-            p.measure([c for group in p.groups for c in group])
+        p.run(exhaustive=not screened)
         first = select_by_perturbation(p.scores(), cfg)
         misses = cost.budget_misses(first, cfg)
         return (first, []) if not misses else (select_within_budget(p, state.alphas, cfg), misses)

@@ -62,11 +62,10 @@ def perturbation_scores(
         ``CHAIN_TOP`` strongest ops by alpha) and ``b{b}_width`` (the width alphas).
     """
     p = Perturbation(weights, alphas, stats, batches, cfg=cfg, progress=progress, sync=sync)
-    if exhaustive:
-        p.measure([c for group in p.groups for c in group])
-    else:
-        p.settle()
-    p.close()
+    try:
+        p.run(exhaustive=exhaustive)
+    finally:
+        p.close()
     return p.scores()
 
 
@@ -231,6 +230,13 @@ class Perturbation:
                     grown = True
             if not grown:
                 return
+
+    def run(self, *, exhaustive: bool = True) -> None:
+        """Measure every candidate (``exhaustive``), or only those the screen says can win (:meth:`settle`)."""
+        if exhaustive:
+            self.measure(c for group in self.groups for c in group)
+        else:
+            self.settle()
 
     def scores(self, *, bound: bool = False) -> dict[str, Tensor]:
         """The exact scores; unmeasured candidates ``-inf`` (``bound``: their estimate plus the margin)."""

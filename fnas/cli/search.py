@@ -344,6 +344,7 @@ def _save_search(out: Path, result: SearchResult, space: Space, cost: Cost, ds: 
         **runs.cost_summary(cost),
         "budget_misses": result.budget_misses,
         "search_seconds": round(t_search, 1),
+        "selection_seconds": round(result.selection_seconds, 1),
         **({"resumed_seconds": round(result.resumed_seconds, 1)} if result.resumed_seconds else {}),
     }
 
@@ -356,7 +357,8 @@ def _report(out: Path, result: SearchResult, cost: Cost, cfg: SearchConfig, trai
     """What the search found: genotype, exact cost, budget, accuracy, and where the files are."""
     last = result.history[-1] if result.history else {}
     before = f", {result.resumed_seconds:.0f} s of them before the resume" if result.resumed_seconds else ""
-    lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s{before})",
+    select = f", genotype selection {result.selection_seconds:.0f} s of it" if result.selection_seconds >= 1 else ""
+    lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s{before}{select})",
              f"data      {ds.summary()}", "genotype", *genotype_lines(result.genotype, cfg.space),
              f"cost      {cost_text(cost)}"]
     if cfg.penalty_metrics:

@@ -34,6 +34,8 @@ def cmd_show(args: argparse.Namespace, argv: list[str]) -> int:
         took = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
         if took and summary.get("resumed_seconds"):
             took += f" ({summary['resumed_seconds']:.0f} s of them before a resume)"
+        if took and summary.get("selection_seconds", 0) >= 1:
+            took += f", genotype selection {summary['selection_seconds']:.0f} s of them"
         lines.append(f"search    {len(search)} epochs{took}; last: supernet train acc "
                      f"{last.get('train_acc', float('nan')):.3f}"
                      + (f", valid acc {last['valid_acc']:.3f}" if "valid_acc" in last else ""))

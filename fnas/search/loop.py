@@ -42,6 +42,7 @@ class SearchResult(NamedTuple):
     budget_misses: list  # empty when the genotype meets every budget, else how it misses
     seconds: float = 0.0  # wall time of this run_search call
     resumed_seconds: float = 0.0  # wall time of the searches it resumed from (their checkpoint's); total: the sum
+    selection_seconds: float = 0.0  # of ``seconds``, the wall time of reading the genotype off the supernet
 
 
 def run_search(
@@ -132,8 +133,10 @@ def run_search(
     for epoch in range(start_epoch, epochs):
         run.epoch(epoch, epochs, steps, resume_at=resume_at if epoch == start_epoch else None,
                   progress=progress, checkpoint_every=checkpoint_every, on_epoch=on_epoch)
+    t_select = time.perf_counter()
     genotype, first_misses = select_genotype(run.state, cfg, valid_loader, selection, selection_samples, device,
                                              progress=progress and run.lead, sync=sync)
+    t_select = time.perf_counter() - t_select
     if first_misses and selection == "alphas":
         # the hard guarantee: the strongest genotype (by the alphas) whose exact cost fits
         warnings.warn(
@@ -143,7 +146,8 @@ def run_search(
         )
     model = _network(genotype, cfg, gen)
     return SearchResult(genotype, run.log.alpha_history, run.log.history, run.state, model, over_budget(genotype, cfg),
-                        seconds=time.perf_counter() - run.t0, resumed_seconds=run.resumed_seconds)
+                        seconds=time.perf_counter() - run.t0, resumed_seconds=run.resumed_seconds,
+                        selection_seconds=t_select)
 
 
 # --- checks before any training ------------------------------------------------------------------

@@ -128,7 +128,10 @@ def test_show_prints_genotype_exact_cost_accuracy_and_plots(run):
     assert f"{cost.params:,} parameters" in out and f"{cost.macs:,} MACs" in out
     assert f"{cost.peak_sram_bytes_int8:,} B int8" in out and f"{cost.peak_sram_bytes_f32:,} B float32" in out
     assert f"{summary['test_acc']:.4f} on the held-out test split" in out
-    assert f"1 epochs in {summary['search_seconds']:.0f} s;" in out  # the search's time (all of it, see resume)
+    # the search's time (all of it, see resume) and, where it took a second or more, the selection's share
+    assert 0 <= summary["selection_seconds"] <= summary["search_seconds"]
+    select = f", genotype selection {summary['selection_seconds']:.0f} s of them" if summary["selection_seconds"] >= 1 else ""
+    assert f"1 epochs in {summary['search_seconds']:.0f} s{select};" in out
     assert summary["params"] == cost.params
     for op, _ in genotype.normal:
         assert op in out

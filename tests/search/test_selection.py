@@ -102,6 +102,7 @@ def test_run_search_selects_by_perturbation_within_budget():
                                      [(x[:8], y[:8]), (x[8:], y[8:])], cfg=c)
         assert result.genotype == K.derive_within_budget(result.state.alphas, c, scores=scores)
         assert result.budget_misses == []
+        assert 0 < result.selection_seconds < result.seconds  # the selection's share of the call's wall time
         again = run_search(c, loader, loader, epochs=2, gen=make_gen(0), progress=False, selection="perturbation")
         assert again.genotype == result.genotype
 

@@ -357,7 +357,8 @@ def _report(out: Path, result: SearchResult, cost: Cost, cfg: SearchConfig, trai
     """What the search found: genotype, exact cost, budget, accuracy, and where the files are."""
     last = result.history[-1] if result.history else {}
     before = f", {result.resumed_seconds:.0f} s of them before the resume" if result.resumed_seconds else ""
-    select = f", genotype selection {result.selection_seconds:.0f} s of it" if result.selection_seconds >= 1 else ""
+    selected = summary["selection_seconds"]  # as saved, so this line and `fnas show` agree on whether to print it
+    select = f", genotype selection {selected:.0f} s of it" if selected >= 1 else ""
     lines = ["", f"fnas search: done in {summary['total_seconds']:.0f} s (search {t_search:.0f} s{before}{select})",
              f"data      {ds.summary()}", "genotype", *genotype_lines(result.genotype, cfg.space),
              f"cost      {cost_text(cost)}"]

@@ -22,6 +22,7 @@ from fnas.core.io import atomic_write_json
 from fnas.search.config import SearchConfig
 from fnas.search.state import SearchState, init_search
 from fnas.search.step import Batch, search_step
+from fnas.spaces.chain.spec import ChainSpec
 
 Tensor = torch.Tensor
 
@@ -99,13 +100,15 @@ def vmapped_search_step(cfg: SearchConfig, *, shared_data: bool = True):
 
 # --- when compiling pays off ---------------------------------------------------------------------
 
-# The cost model, fitted to bench/COMPILED.md (torch 2.13, CPU, one thread, inductor). A cold compile
-# takes about as many seconds per aten op that one eager step dispatches, whatever the network:
-# first order 0.083 (small_1d), 0.091 (default_1d), 0.079 (darts_2d); exact 0.042 and 0.037 (its
-# nested-grad ops are counted several times in eager). Speed-ups are the smallest measured ones.
-SECONDS_PER_OP = {"first_order": 0.09, "exact": 0.045}
-SPEEDUP = {"first_order": 1.4, "exact": 2.0}
-WARM_START_FRACTION = 0.1  # warm start / cold compile: 0.055-0.09 measured
+# The cost model per space kind (torch 2.13, CPU, one thread, inductor). A cold compile takes about
+# as many seconds per aten op that one eager step dispatches, whatever the network. Cells
+# (bench/COMPILED.md): first order 0.083 (small_1d), 0.091 (default_1d), 0.079 (darts_2d); exact
+# 0.042 and 0.037 (its nested-grad ops are counted several times in eager). The chain
+# (bench/compiled_chain.py, the default 20k space at batch 64): first order 0.066 at 1.11x, exact
+# 0.049 at 1.52x. Speed-ups are the smallest measured ones.
+SECONDS_PER_OP = {"cell": {"first_order": 0.09, "exact": 0.045}, "chain": {"first_order": 0.07, "exact": 0.05}}
+SPEEDUP = {"cell": {"first_order": 1.4, "exact": 2.0}, "chain": {"first_order": 1.1, "exact": 1.5}}
+WARM_START_FRACTION = 0.1  # warm start / cold compile: 0.052-0.10 measured
 _MARKERS = "fnas-steps"  # under the compile cache: one file per step compiled there before
 
 
@@ -173,9 +176,10 @@ def estimate_compile(cfg: SearchConfig, train_batch: Batch, valid_batch: Batch) 
     t0 = time.perf_counter()
     search_step(state, train_batch, valid_batch, cfg=cfg)
     eager_s = time.perf_counter() - t0
-    method = cfg.hypergrad if cfg.hypergrad in SECONDS_PER_OP else "first_order"
-    cold = counter.ops * SECONDS_PER_OP[method]
-    return CompileEstimate(eager_s, cold, WARM_START_FRACTION * cold, SPEEDUP[method])
+    kind = "chain" if isinstance(cfg.space, ChainSpec) else "cell"
+    method = cfg.hypergrad if cfg.hypergrad in SECONDS_PER_OP[kind] else "first_order"
+    cold = counter.ops * SECONDS_PER_OP[kind][method]
+    return CompileEstimate(eager_s, cold, WARM_START_FRACTION * cold, SPEEDUP[kind][method])
 
 
 def compile_cache_dir() -> Path:

@@ -13,6 +13,7 @@ from fnas.core import tree
 from fnas.search.config import SearchConfig
 from fnas.spaces.cell.config import SpaceConfig
 from fnas.search.compile import (
+    SPEEDUP,
     CompileEstimate,
     choose_compile,
     compile_cache_dir,
@@ -218,6 +219,8 @@ def test_estimate_compile_counts_the_step_and_models_both_methods(space):
     assert fo.eager_step_s > 0 and fo.cold_compile_s > fo.warm_start_s > 0
     assert exact.cold_compile_s > fo.cold_compile_s  # the nested grad traces more ops
     assert exact.speedup > fo.speedup > 1
+    kind = "chain" if space is CHAIN else "cell"  # each space kind has its own measured figures
+    assert (fo.speedup, exact.speedup) == (SPEEDUP[kind]["first_order"], SPEEDUP[kind]["exact"])
 
 
 @pytest.mark.parametrize("space", [TINY, CHAIN], ids=["cell", "chain"])

@@ -25,18 +25,22 @@ def _given(budgets: Mapping[str, float | None]) -> dict[str, float]:
     return given
 
 
-def size_chain_space(base: ChainSpaceConfig, budgets: Mapping[str, float | None]) -> tuple[ChainSpaceConfig, str]:
+def size_chain_space(
+    base: ChainSpaceConfig, budgets: Mapping[str, float | None], *, hold_fcn: bool = False
+) -> tuple[ChainSpaceConfig, str]:
     """``base`` with its widths scaled so the budgets bind; returns ``(space, one line saying what was picked)``.
 
     Args:
         base: the chain space to scale (its widths, choices, data shapes).
         budgets: ``{"params", "macs", "sram"}`` -> budget or None; SRAM in bytes at int8.
+        hold_fcn: widen the space, if needed, so that the widest FCN within the budgets is a member
+            (:func:`fnas.spaces.chain.for_budget`).
 
     Raises:
         ValueError: no scaling lets every budget bind.
     """
     given = _given(budgets)
-    space, line = for_budget(given.get("params"), given.get("macs"), given.get("sram"), base=base)
+    space, line = for_budget(given.get("params"), given.get("macs"), given.get("sram"), base=base, hold_fcn=hold_fcn)
     return space, f"sized to the budget: {line}"
 
 

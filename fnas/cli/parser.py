@@ -18,7 +18,7 @@ AUTO = "auto"
 CELL_OPTIONS = ("C", "layers", "nodes", "multiplier", "stem_multiplier", "primitives", "partial_channels", "reductions",
                 "preprocess")
 CHAIN_OPTIONS = ("widths", "width_fractions", "kernels", "dilations", "op_types", "no_identity", "strides",
-                 "width_policy")
+                 "width_policy", "hold_fcn")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -180,6 +180,9 @@ def _add_search(sub) -> None:
                     help="no identity (skip) choice: every block is a conv (no depth search)")
     ch.add_argument("--strides", type=_list_of(int, "1,2,1,1"),
                     help="stride per block (default: all 1)")
+    ch.add_argument("--hold-fcn", action="store_true",
+                    help="when a budget sizes the space, widen it (if needed) until the widest FCN (Wang et al. "
+                    "2017) within the budget is a member; the search then costs 2-3x as much (docs/chain-space.md)")
     ch.add_argument("--width-policy", choices=list(WIDTH_POLICIES),
                     help="how widths are read off: 'fill' (the widest the budget allows, default) or 'alphas' "
                     "(the width alphas' argmax)")

@@ -71,7 +71,11 @@ def _chain(args: argparse.Namespace, ds: Dataset, sized: bool) -> tuple[ChainSpa
     try:
         base = ChainSpaceConfig(in_channels=ds.in_channels, num_classes=ds.num_classes,
                                 input_shape=tuple(ds.input_shape), identity=not args.no_identity, **fields)
-        return size_chain_space(base, _budgets(args)) if sized else (base, None)
+        hold = getattr(args, "hold_fcn", False)  # absent from the options of runs made before the flag
+        if hold and not sized:
+            raise ValueError("--hold-fcn widens a space sized to a budget; with --widths the widths are yours: "
+                             "drop --widths (and give a budget) or drop --hold-fcn")
+        return size_chain_space(base, _budgets(args), hold_fcn=hold) if sized else (base, None)
     except ValueError as err:
         raise _chain_error(err) from err
 

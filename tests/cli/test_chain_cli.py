@@ -196,6 +196,31 @@ def test_a_budget_sizes_the_space(npz, tmp_path, space):
         assert config["cli"]["C"] is None and run.space.layers == DEFAULTS["layers"]
 
 
+def _plain_sizing(space, budget):
+    """The same data's space sized to ``budget`` without --hold-fcn."""
+    from fnas.spaces.chain import for_budget
+
+    base = ChainSpaceConfig(in_channels=space.in_channels, num_classes=space.num_classes,
+                            input_shape=space.input_shape, widths=DEFAULTS["chain_widths"])
+    return for_budget(max_params=budget, base=base)
+
+
+def test_hold_fcn_widens_the_sized_space_until_the_budgets_fcn_is_a_member(npz, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = fnas("search", "--data", npz, "--out", out, "--max-params", "5000", "--hold-fcn",
+                             "--batch-size", "8", "--epochs", "1", "--train-epochs", "0", "--quiet")
+    assert code == 0, err
+    sized = next(line for line in stdout.splitlines() if "sized to the budget" in line)
+    w = int(sized.split("hold the budget's FCN (w=")[1].split(")")[0])
+    run = runs.open_run(out)
+    convs = [width for op, width in run.space.fcn_genotype(w).blocks if op != "identity"]
+    assert convs == [w, 2 * w, w] and genotype_cost(run.space.fcn_genotype(w), run.space).params <= 5000
+    plain, _ = _plain_sizing(run.space, 5000)
+    assert all(h >= p for h, p in zip(run.space.widths, plain.widths)) and run.space.widths != plain.widths
+    assert genotype_cost(run.genotype, run.space).params <= 5000
+    assert json.loads((out / "config.json").read_text())["cli"]["hold_fcn"] is True
+
+
 def test_a_size_option_turns_the_sizing_off(npz, tmp_path):
     code, stdout, err = fnas("search", "--data", npz, "--out", tmp_path / "run", "--space", "cell", "--C", "8",
                              "--max-params", "500", "--batch-size", "8", "--epochs", "1", "--quiet")
@@ -257,8 +282,10 @@ def test_help_says_what_the_defaults_do():
     (["--space", "chain", "--C", "4"], "--C is a cell-space option, but --space is chain"),
     (["--space", "cell", "--kernels", "3"], "--kernels is a chain-space option, but --space is cell"),
     (["--layers", "3"], "--layers is a cell-space option, but the default space is chain; pass --space cell"),
+    (["--hold-fcn", "--max-params", "5000"], "--hold-fcn widens a space sized to a budget; with --widths"),
+    (["--space", "cell", "--hold-fcn"], "--hold-fcn is a chain-space option, but --space is cell"),
 ], ids=["even-kernel", "zero-width", "not-a-number", "op-type", "strides", "cell-option", "chain-option",
-        "cell-option-default"])
+        "cell-option-default", "hold-fcn-with-widths", "hold-fcn-on-cells"])
 def test_bad_chain_options(npz, tmp_path, argv, message):
     base = ["--widths", "8,16,8"] if not {"--widths", "cell", "--C", "--layers"} & set(argv) else []
     code, _, err = fnas("search", "--data", npz, "--out", tmp_path / "run", "--batch-size", "8", "--epochs", "1",

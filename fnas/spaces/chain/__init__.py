@@ -4,7 +4,14 @@
 are in :mod:`.cost` and :mod:`.budget`.
 """
 
-from fnas.spaces.chain.budget import check_budgets, derive_within_budget, for_budget, genotype_score, meets_budgets
+from fnas.spaces.chain.budget import (
+    budget_fcn_width,
+    check_budgets,
+    derive_within_budget,
+    for_budget,
+    genotype_score,
+    meets_budgets,
+)
 from fnas.spaces.chain.config import ChainSpaceConfig
 from fnas.spaces.chain.cost import ChainCost, expected_cost, genotype_cost, max_cost, min_cost
 from fnas.spaces.chain.genotype import (
@@ -28,6 +35,7 @@ __all__ = [
     "ChainSpaceConfig",
     "ChainSpec",
     "apply_supernet",
+    "budget_fcn_width",
     "check_budgets",
     "derive_genotype",
     "derive_within_budget",

@@ -24,10 +24,10 @@ from fnas.spaces.chain.cost import (
     max_cost,
     min_cost,
 )
-from fnas.spaces.chain.genotype import ChainGenotype, check_alphas, derive_genotype
+from fnas.spaces.chain.genotype import FCN_LAYERS, ChainGenotype, check_alphas, derive_genotype, fcn_genotype
 from fnas.spaces.chain.spec import IDENTITY, ChainSpec
 
-__all__ = ["check_budgets", "derive_within_budget", "for_budget", "genotype_score", "meets_budgets"]
+__all__ = ["budget_fcn_width", "check_budgets", "derive_within_budget", "for_budget", "genotype_score", "meets_budgets"]
 
 Tensor = torch.Tensor
 _UNITS = {"params": "parameters", "macs": "MACs", "sram": "bytes of peak activation memory"}
@@ -210,12 +210,16 @@ def for_budget(
     base: ChainSpec | None = None,
     sram_bytes_per_elem: int = 1,
     target_ratio: float = 3.0,
+    hold_fcn: bool = False,
 ) -> tuple[ChainSpec, str]:
     """A chain space in which the budgets bind: ``min cost <= budget < max cost`` for each.
 
     Scales ``base.widths`` by ``2^(i/8)`` (rounded, at least 1, at most 32x) and keeps the scale
     whose largest cost is nearest (in log ratio) ``target_ratio`` x the budget, worst metric
-    first; when no scale fits, drops the last blocks one at a time.
+    first; when no scale fits, drops the last blocks one at a time. With ``hold_fcn``, a space
+    that does not hold the widest FCN (Wang et al. 2017) within the budgets as an exact member
+    (:func:`budget_fcn_width`) is rescaled to the nearest scaling that does (widened when it was
+    narrower than the FCN), so that the search can never lose to the FCN for lack of expressiveness.
 
     Args:
         max_params, max_macs, max_sram_bytes: budgets (at least one); SRAM in bytes.
@@ -223,6 +227,7 @@ def for_budget(
             ``ChainSpaceConfig()``.
         sram_bytes_per_elem: 1 for int8 inference, 4 for float32.
         target_ratio: the preferred ``max cost / budget``.
+        hold_fcn: rescale the space, if needed, so the budget's FCN is a member.
 
     Returns:
         ``(cfg, description)``: the scaled space (``base``'s type) and one line saying what was picked.
@@ -255,12 +260,75 @@ def for_budget(
                 best = (miss, cfg, low, high)
         if best is not None:
             _, cfg, low, high = best
+            held = ""
+            w = budget_fcn_width(base, given, sram_bytes_per_elem) if hold_fcn and blocks == base.num_blocks else None
+            holder = None if w is None or _exact_fcn(cfg, w) is not None else _holding(base, cfg, w)
+            if holder is not None:
+                low = {m: min_cost(holder, m) * scale[m] for m in given}
+                high = {m: max_cost(holder, m) * scale[m] for m in given}
+                if not all(low[m] <= b < high[m] for m, b in given.items()):  # pragma: no cover (FCN < max)
+                    raise AssertionError(f"the space {holder.widths} holding the FCN (w={w}) does not let {given} bind")
+                verb = "widened" if all(h >= c for h, c in zip(holder.widths, cfg.widths)) else "rescaled"
+                cfg, held = holder, f", {verb} to hold the budget's FCN (w={w})"
+            elif w is not None:
+                held = f", holds the budget's FCN (w={w})"
             ranges = "; ".join(
                 f"{m} {low[m]:,}..{high[m]:,} for a budget of {b:,} (max {high[m] / b:.1f}x)" for m, b in given.items()
             )
-            return cfg, f"chain space widths={cfg.widths} ({cfg.num_blocks} blocks): {ranges}"
+            return cfg, f"chain space widths={cfg.widths} ({cfg.num_blocks} blocks{held}): {ranges}"
     raise ValueError(
         f"No scaling of widths {base.widths} (1/32x..32x, or fewer blocks) lets the budgets {given} bind "
         "(min cost <= budget < max cost); change the budgets or the base space's choices"
     )
 
+
+def _scaled_to(base: ChainSpec, w0: int) -> ChainSpec:
+    """``base`` with its widths scaled so that block 0's maximum width is ``w0``."""
+    return replace(base, widths=tuple(max(1, round(bw * w0 / base.widths[0])) for bw in base.widths))
+
+
+def _holding(base: ChainSpec, cfg: ChainSpec, w: int) -> ChainSpec | None:
+    """The scaling of ``base`` nearest ``cfg`` (in log width) that holds the FCN of width ``w`` exactly:
+    block 0's maximum width ``w / f`` for a width fraction ``f``, so never narrower than the FCN; ties
+    go to the wider. ``None`` if none holds it."""
+    fits = [_scaled_to(base, round(w / f)) for f in base.width_fractions]
+    fits = [c for c in fits if _exact_fcn(c, w) is not None]
+    return min(fits, key=lambda c: (abs(math.log(c.widths[0] / cfg.widths[0])), -c.widths[0]), default=None)
+
+
+def _exact_fcn(cfg: ChainSpec, w: int) -> ChainGenotype | None:
+    """The FCN of width ``w`` if ``cfg`` holds it exactly (conv widths w, 2w, w), else ``None``."""
+    try:
+        genotype = fcn_genotype(cfg, w)
+    except ValueError:
+        return None
+    convs = [width for op, width in genotype.blocks if op != IDENTITY]
+    return genotype if convs == [mult * w for _, mult in FCN_LAYERS] else None
+
+
+def budget_fcn_width(base: ChainSpec, budgets: Mapping[str, float | None], sram_bytes_per_elem: int = 1) -> int | None:
+    """The largest ``w`` whose FCN (widths w, 2w, w; kernels nearest 8, 5, 3) meets the budgets, held exactly
+    by ``base`` scaled to block-0 width ``w``; ``None`` when no such FCN exists (e.g. no ``conv`` op, no
+    dilation 1, fewer than 3 blocks, a width pattern that cannot hold it, or budgets below the smallest).
+
+    References:
+        Wang, Yan, Oates. Time Series Classification from Scratch with Deep Neural Networks: A Strong
+        Baseline. IJCNN 2017.
+    """
+    try:
+        fcn_genotype(base, 1)  # no conv op, no dilation 1, no placement: no FCN at any width
+    except ValueError:
+        return None
+    best, misses = None, 0
+    for w in range(1, 32 * max(base.widths) + 1):
+        cfg = _scaled_to(base, w)
+        genotype = _exact_fcn(cfg, w)
+        if genotype is None:
+            continue
+        if meets_budgets(genotype, cfg, budgets, sram_bytes_per_elem=sram_bytes_per_elem):
+            best, misses = w, 0
+        else:
+            misses += 1  # the costs grow with w: a few misses in a row end the search
+            if misses >= 3:
+                break
+    return best

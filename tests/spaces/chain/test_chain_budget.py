@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -181,3 +183,57 @@ def test_fill_policy_within_budget_keeps_the_ops_and_fills_the_budget(budget):
     best = max(sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(g.blocks)) for g in members)
     assert sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(genotype.blocks)) == best
     assert genotype_cost(genotype, cfg).params <= budget
+
+
+# --- hold_fcn: the budget's FCN (Wang et al. 2017) is a member of the sized space ----------------
+
+
+def _fcn_convs(cfg, w):
+    from fnas.spaces.chain import IDENTITY
+
+    return [width for op, width in cfg.fcn_genotype(w).blocks if op != IDENTITY]
+
+
+def _fcn_params(base, w):
+    """The FCN of width w built as a plain module, its parameters counted by torch (not the cost model)."""
+    cfg = dataclasses.replace(base, widths=(w, 2 * w, 2 * w, w))
+    return sum(p.numel() for p in cfg.network(cfg.fcn_genotype(w)).parameters()), cfg
+
+
+@pytest.mark.parametrize("budget", [5_000, 20_000])
+def test_hold_fcn_makes_the_widest_fcn_within_the_budget_a_member(budget):
+    from fnas.spaces.chain import budget_fcn_width
+
+    base = ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1))
+    plain, _ = for_budget(max_params=budget, base=base)
+    cfg, text = for_budget(max_params=budget, base=base, hold_fcn=True)
+    w = budget_fcn_width(base, {"params": budget})
+    # the widest FCN within the budget, counted independently on the built module
+    assert _fcn_params(base, w)[0] <= budget < _fcn_params(base, w + 1)[0]
+    assert _fcn_convs(cfg, w) == [w, 2 * w, w] and meets_budgets(cfg.fcn_genotype(w), cfg, {"params": budget})
+    assert _fcn_convs(plain, w) != [w, 2 * w, w]  # the ratio-3 sizing alone is too narrow for it
+    assert f"widened to hold the budget's FCN (w={w})" in text
+    assert min_cost(cfg, "params") <= budget < max_cost(cfg, "params")
+
+
+def test_hold_fcn_rescales_to_the_nearest_holding_space_or_keeps_one_that_holds_it():
+    from fnas.spaces.chain import budget_fcn_width
+
+    base = ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1))
+    # wider than the FCN but not holding it (15 is no fraction of 29 or 32): the nearest holding scaling
+    assert for_budget(max_params=5_000, base=base, target_ratio=12)[0].widths == (29, 59, 59, 29)
+    held, text = for_budget(max_params=5_000, base=base, target_ratio=12, hold_fcn=True)
+    assert held.widths == (30, 60, 60, 30) and _fcn_convs(held, 15) == [15, 30, 15] and "widened" in text
+    held, text = for_budget(max_params=5_000, base=base, target_ratio=14, hold_fcn=True)  # plain: (32, 64, 64, 32)
+    assert held.widths == (30, 60, 60, 30) and "rescaled" in text
+    # a space that already holds it is kept, and the line says so
+    exact = ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1), widths=(15, 30, 30, 15))
+    ratio = max_cost(exact, "params") / 5_000
+    kept, text = for_budget(max_params=5_000, base=exact, target_ratio=ratio, hold_fcn=True)
+    assert kept == exact and "holds the budget's FCN (w=15)" in text
+    # no plain conv op: there is no FCN to hold, and the sizing is the plain one
+    sep_only = ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1), op_types=("sep",))
+    assert budget_fcn_width(sep_only, {"params": 5_000}) is None
+    assert for_budget(max_params=5_000, base=sep_only, hold_fcn=True) == for_budget(max_params=5_000, base=sep_only)
+    # a budget below the smallest FCN
+    assert budget_fcn_width(base, {"params": 50}) is None

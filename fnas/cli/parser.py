@@ -184,7 +184,8 @@ def _add_search(sub) -> None:
                     help="when a budget sizes the space, widen it (if needed) until the widest FCN (Wang et al. "
                     "2017) within the budget is a member; the search then costs 2-3x as much (docs/chain-space.md)")
     ch.add_argument("--width-policy", choices=list(WIDTH_POLICIES),
-                    help="how widths are read off: 'fill' (the widest the budget allows, default) or 'alphas' "
+                    help="how widths are read off: 'fill' (the widths of the largest product the budget allows, "
+                    "default) or 'alphas' "
                     "(the width alphas' argmax)")
     ce = s.add_argument_group("cell space (--space cell)")
     ce.add_argument("--C", type=POSITIVE,

@@ -82,7 +82,7 @@ def meets_budgets(genotype: ChainGenotype, cfg: ChainSpec, budgets: Mapping, *, 
     return all(b is None or actual[m] <= b for m, b in check_budgets(budgets).items())
 
 
-FILL_OP_WEIGHT = 1e4  # under width_policy "fill": the op scores' weight against one width step
+FILL_OP_WEIGHT = 1e4  # under width_policy "fill": the op scores' weight against the widths' log ratios
 
 
 def _block_scores(alphas_or_scores: Mapping[str, Tensor], cfg: ChainSpec, from_scores: bool) -> list:
@@ -93,8 +93,11 @@ def _block_scores(alphas_or_scores: Mapping[str, Tensor], cfg: ChainSpec, from_s
         if not from_scores:
             op, width = torch.log_softmax(op, -1), torch.log_softmax(width, -1)
         if cfg.width_policy == "fill":
-            # ops first (any log-probability gap outweighs every width), then the widest widths
-            op, width = op * FILL_OP_WEIGHT, torch.arange(len(width), dtype=torch.float64)
+            # ops first (any log-probability gap outweighs every width), then the widths of the largest
+            # product: log-width scores spread a budget's narrowing over the blocks, where equal steps
+            # per width choice made one-block bottlenecks (a 4-wide last block on watch at 5k)
+            op = op * FILL_OP_WEIGHT
+            width = torch.log(torch.tensor(cfg.width_choices[b], dtype=torch.float64))
         width = width - width.max()
         out.append((dict(zip(cfg.candidates[b], op.tolist())), dict(zip(cfg.width_choices[b], width.tolist()))))
     return out

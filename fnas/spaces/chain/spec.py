@@ -101,9 +101,10 @@ class ChainSpec:
     op_types: tuple[str, ...] = OP_TYPES
     identity: bool = True  # blocks that keep shape may be skipped (depth search)
     strides: tuple[int, ...] = ()  # per block; () means all 1
-    # How a genotype's widths are read off: "fill" takes the alphas' ops and then the widest
-    # widths the budgets allow (searched widths left 40-80% of a 5k/20k budget unused on the watch
-    # data and lost 3-7 points; see docs/chain-space.md); "alphas" takes the width alphas' argmax.
+    # How a genotype's widths are read off: "fill" takes the alphas' ops and then the widths of the
+    # largest product the budgets allow (searched widths left 40-80% of a 5k/20k budget unused on
+    # the watch data and lost 3-7 points; see docs/chain-space.md); "alphas" takes the width alphas'
+    # argmax.
     width_policy: str = "fill"
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ def test_fill_policy_derives_the_widest_widths_without_a_budget():
 
 
 @pytest.mark.parametrize("budget", [150, 250, 400])
-def test_fill_policy_within_budget_keeps_the_ops_and_fills_the_budget(budget):
+def test_fill_policy_within_budget_keeps_the_ops_and_maximises_the_width_product(budget):
     cfg = tiny(width_policy="fill", identity=False)
     alphas = cfg.init(torch.Generator().manual_seed(5))[1]
     ops = [op for op, _ in cfg.derive(alphas).blocks]
@@ -180,9 +181,23 @@ def test_fill_policy_within_budget_keeps_the_ops_and_fills_the_budget(budget):
     if not members:
         pytest.skip("the argmax ops do not fit this budget at any width")
     assert [op for op, _ in genotype.blocks] == ops
-    best = max(sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(g.blocks)) for g in members)
-    assert sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(genotype.blocks)) == best
+    best = max(math.prod(w for _, w in g.blocks) for g in members)  # brute force over the space
+    assert math.prod(w for _, w in genotype.blocks) == best
     assert genotype_cost(genotype, cfg).params <= budget
+
+
+def test_fill_policy_spreads_the_narrowing_instead_of_making_a_bottleneck():
+    """Four width choices per block: at 220 params the most width steps, (8, 2, 8), has a 2-wide
+    bottleneck; the largest width product, (6, 4, 6), is what the fill policy derives."""
+    cfg = tiny(width_policy="fill", identity=False, widths=(8, 8, 8), width_fractions=(0.25, 0.5, 0.75, 1.0),
+               kernels=(3,), dilations=(1,))
+    alphas = cfg.init(torch.Generator().manual_seed(5))[1]
+    genotype = derive_within_budget(alphas, cfg, {"params": 220})
+    assert genotype.widths() == (6, 4, 6) and genotype_cost(genotype, cfg).params <= 220
+    ops = [op for op, _ in genotype.blocks]
+    steps = {g.widths(): sum(cfg.width_choices[b].index(w) for b, (_, w) in enumerate(g.blocks))
+             for g in all_genotypes(cfg) if [op for op, _ in g.blocks] == ops and genotype_cost(g, cfg).params <= 220}
+    assert max(steps, key=steps.get) == (8, 2, 8) and steps[(8, 2, 8)] > steps[(6, 4, 6)]
 
 
 # --- hold_fcn: the budget's FCN (Wang et al. 2017) is a member of the sized space ----------------

@@ -182,7 +182,7 @@ def _add_search(sub) -> None:
                     help="stride per block (default: all 1)")
     ch.add_argument("--hold-fcn", action="store_true",
                     help="when a budget sizes the space, widen it (if needed) until the widest FCN (Wang et al. "
-                    "2017) within the budget is a member; the search then costs 2-3x as much (docs/chain-space.md)")
+                    "2017) within the budget is a member; the search then costs 1.4-2.3x as much (docs/chain-space.md)")
     ch.add_argument("--width-policy", choices=list(WIDTH_POLICIES),
                     help="how widths are read off: 'fill' (the widths of the largest product the budget allows, "
                     "default) or 'alphas' "

@@ -2,8 +2,9 @@
 
     python bench/compiled_chain.py [--hypergrad first_order exact] [--max-params 20000] [--rounds 5]
 
-The network is the one ``fnas search`` builds by default: the chain space sized by ``for_budget``
-for a 20k-parameter budget on the watch data's shapes (6 x 128 x 1, 7 classes), batch 64. For each
+The network is the one ``fnas search`` builds by default: the default six-block chain space sized
+(``fnas.app.sizing.size_chain_space``) for a 20k-parameter budget on the watch data's shapes
+(6 x 128 x 1, 7 classes), batch 64. For each
 method, in a new, empty inductor cache (what a user's first run pays):
 
 - the aten ops of one eager step and the cold compile that ``fnas search``'s automatic choice
@@ -36,13 +37,15 @@ from fnas.search import compile_search_step, init_search, search_step  # noqa: E
 from fnas.search.compile import estimate_compile  # noqa: E402
 from fnas.search.config import SearchConfig  # noqa: E402
 from fnas.spaces.chain import ChainSpaceConfig  # noqa: E402
-from fnas.spaces.chain.budget import for_budget  # noqa: E402
+from fnas.app.sizing import size_chain_space  # noqa: E402
+from fnas.search.defaults import DEFAULTS  # noqa: E402
 
 BATCH = 64
 
 
 def setup(hypergrad: str, max_params: int):
-    space, line = for_budget(max_params=max_params, base=ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1)))
+    base = ChainSpaceConfig(in_channels=6, num_classes=7, input_shape=(128, 1), widths=DEFAULTS["chain_widths"])
+    space, line = size_chain_space(base, {"params": max_params})  # as fnas search sizes it
     cfg = SearchConfig(space=space, hypergrad=hypergrad, max_params=max_params)
     g = torch.Generator().manual_seed(1)
 

@@ -30,11 +30,12 @@ import tempfile
 import time
 
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fnas.search import compile_search_step, init_search, search_step  # noqa: E402
-from fnas.search.compile import estimate_compile  # noqa: E402
+from fnas.search.compile import SECONDS_PER_OP, estimate_compile  # noqa: E402
 from fnas.search.config import SearchConfig  # noqa: E402
 from fnas.spaces.chain import ChainSpaceConfig  # noqa: E402
 from fnas.app.sizing import size_chain_space  # noqa: E402
@@ -87,13 +88,8 @@ def main() -> None:
         torch._dynamo.reset()
         cfg, line, tr, va = setup(hg, args.max_params)
         est = estimate_compile(cfg, tr, va)
-        from fnas.search.compile import _CountOps  # the op count behind the estimate
-
+        ops = round(est.cold_compile_s / SECONDS_PER_OP["chain"][hg])  # the op count behind the estimate
         state = init_search(cfg, torch.Generator().manual_seed(0))
-        with _CountOps() as counter:
-            search_step(state, tr, va, cfg=cfg)
-        from torch._dynamo.testing import CompileCounterWithBackend
-
         cnt = CompileCounterWithBackend("inductor")
         step = compile_search_step(cfg, backend=cnt)
         cold, (cs, _) = timed(lambda: step(state, tr, va))
@@ -105,9 +101,9 @@ def main() -> None:
             t, (cs, _) = timed(lambda: step(cs, tr, va))
             comp_t.append(t)
         row = {
-            "hypergrad": hg, "space": line, "aten_ops": counter.ops,
+            "hypergrad": hg, "space": line, "aten_ops": ops,
             "predicted_cold_s": round(est.cold_compile_s, 1), "cold_compile_s": round(cold, 1),
-            "seconds_per_op": round(cold / counter.ops, 4), "frames": cnt.frame_count,
+            "seconds_per_op": round(cold / ops, 4), "frames": cnt.frame_count,
             "eager_min_s": round(min(eager_t), 4), "eager_median_s": round(statistics.median(eager_t), 4),
             "compiled_min_s": round(min(comp_t), 4), "compiled_median_s": round(statistics.median(comp_t), 4),
             "speedup_median": round(statistics.median(eager_t) / statistics.median(comp_t), 2),
